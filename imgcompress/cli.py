@@ -1,0 +1,208 @@
+"""The `imgcompress` command. Commands are thin: they parse options and call the library.
+
+Exit codes (mapped here, and only here): 0 passed, 1 gate failed, 2 bad input,
+3 internal error (a bug: rerun with IMGCOMPRESS_DEBUG=1 and report the traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ImgcompressError
+
+app = typer.Typer(
+    name="imgcompress",
+    help="Compress trained image generators with a YAML recipe; measure speed and quality drift; gate on it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _debug() -> bool:
+    return os.environ.get("IMGCOMPRESS_DEBUG", "") not in ("", "0")
+
+
+def _errors(fn: F) -> F:
+    """The one place that turns exceptions into messages and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ImgcompressError as e:
+            if _debug():
+                err.print_exception()
+            err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing in --out was marked finished")
+            raise typer.Exit(130) from None
+        except Exception as e:  # a bug, not bad input
+            if _debug():
+                err.print_exception()
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {first} "
+                      "(rerun with IMGCOMPRESS_DEBUG=1 for the traceback, and report it)", markup=True, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("nncf", "onnxruntime", "torch", "spandrel"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _summary(report: dict[str, Any]) -> Table:
+    t = Table(title=f"imgcompress: {Path(report['checkpoint']['path']).name} ({report['checkpoint']['arch']})")
+    for col in ("model", "precision", "latency ms", "× ORT fp32", "× torch fp32", "PSNR vs orig", "SSIM", "GT PSNR"):
+        t.add_column(col, justify="right" if col != "model" else "left")
+    o = report["original"]
+
+    def f(v: Any, spec: str = ".2f") -> str:
+        return "–" if v is None else format(v, spec)
+
+    t.add_row("original (torch)", "fp32", f(o["torch_latency_ms"]), f(o["ort_latency_ms"] / o["torch_latency_ms"]),
+              "1.00", "–", "–", f(o.get("gt_psnr_db")))
+    t.add_row("original (ORT)", "fp32", f(o["ort_latency_ms"]), "1.00", f(o["torch_latency_ms"] / o["ort_latency_ms"]),
+              f(o.get("ort_psnr_db")), f(o.get("ort_ssim"), ".4f"), f(o.get("ort_gt_psnr_db")))
+    for a in report["artifacts"]:
+        t.add_row(a["name"], a["precision"], f(a["latency_ms"]), f(a["speedup_vs_ort_fp32"]),
+                  f(a["speedup_vs_torch_fp32"]), f(a["psnr_db"]), f(a["ssim"], ".4f"), f(a.get("gt_psnr_db")))
+    return t
+
+
+def _print_gate(report: dict[str, Any]) -> None:
+    checks = report["gate"]["checks"]
+    if not checks:
+        err.print("gate: no thresholds set")
+    for c in checks:
+        mark = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
+        err.print(f"gate {mark} {c['name']}: {c['detail']}", markup=True)
+    err.print("[bold green]PASSED[/]" if report["passed"] else "[bold red]FAILED[/]: quality gate", markup=True)
+
+
+@app.command()
+@_errors
+def apply(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (e.g. recipes/int8.yaml)."),
+    checkpoint: Path = typer.Argument(..., help="Generator checkpoint (.safetensors, .pth, .pt, .ckpt)."),
+    out_dir: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
+    images: Optional[str] = typer.Option(None, "--images", help="Image folder for calibration (overrides data.images)."),
+    eval_images: Optional[str] = typer.Option(None, "--eval-images", help="Image folder for evaluation (overrides data.eval_images)."),
+    min_psnr: Optional[float] = typer.Option(None, "--min-psnr", help="Gate: min PSNR (dB) vs the original's output."),
+    min_ssim: Optional[float] = typer.Option(None, "--min-ssim", help="Gate: min SSIM vs the original's output."),
+    max_gt_psnr_drop: Optional[float] = typer.Option(None, "--max-gt-psnr-drop", help="Gate: max drop (dB) of ground-truth PSNR."),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Gate: min speedup vs the ORT fp32 original."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and onnxruntime (default: all cores)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report JSON on stdout; no progress output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the verdict."),
+) -> None:
+    """Apply RECIPE to CHECKPOINT: compress, export ONNX, measure, report, gate."""
+    from .pipeline import apply as run_apply
+
+    _setup_logging(quiet or as_json)
+    progress = None if (quiet or as_json) else (lambda msg: err.print(f"[dim]·[/] {msg}", markup=True))
+    result = run_apply(
+        recipe, checkpoint, out=out_dir, images=images, eval_images=eval_images, threads=threads,
+        gate={"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop, "min_speedup": min_speedup},
+        progress=progress,
+    )
+    data = result.report.data
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        if not quiet:
+            out.print(_summary(data))
+            out.print(f"report: {out_dir / 'report.md'} · model: {out_dir / 'model.onnx'}")
+        _print_gate(data)
+    raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
+
+
+@app.command()
+@_errors
+def gate(
+    report: Path = typer.Argument(..., help="report.json written by apply (or its folder)."),
+    min_psnr: Optional[float] = typer.Option(None, "--min-psnr"),
+    min_ssim: Optional[float] = typer.Option(None, "--min-ssim"),
+    max_gt_psnr_drop: Optional[float] = typer.Option(None, "--max-gt-psnr-drop"),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup"),
+    as_json: bool = typer.Option(False, "--json", help="Print the gate verdict as JSON."),
+) -> None:
+    """Re-check a report against thresholds without rerunning. With no flags, the thresholds
+    recorded in the report are checked again."""
+    from .recipe import GateConfig
+    from .validate.gate import check_gate
+    from .validate.report import Report
+
+    rep = Report.load(report)
+    flags = {"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop, "min_speedup": min_speedup}
+    if any(v is not None for v in flags.values()):
+        cfg = GateConfig.model_validate({k: v for k, v in flags.items() if v is not None})
+    else:
+        cfg = GateConfig.model_validate({c["name"]: c["threshold"] for c in rep.checks})
+    verdict = check_gate(rep.data, cfg)
+    data = {**rep.data, "gate": verdict, "passed": verdict["passed"]}
+    if as_json:
+        out.print_json(json.dumps(verdict))
+    else:
+        _print_gate(data)
+    raise typer.Exit(EXIT_PASSED if verdict["passed"] else EXIT_GATE_FAILED)
+
+
+@app.command()
+@_errors
+def inspect(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Generator checkpoint to describe."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Architecture, when the file does not say (built-in name or package.module:Class)."),
+    size: Optional[int] = typer.Option(None, "--size", min=8, help="Image input side for MACs (default: the model's)."),
+    archs: bool = typer.Option(False, "--archs", help="List the built-in architectures and exit."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Describe a checkpoint: architecture, parameters, MACs at a stated input, input/output convention."""
+    from .inspect import describe, list_archs
+
+    _setup_logging(True)
+    if archs:
+        for line in list_archs():
+            out.print(line)
+        raise typer.Exit(0)
+    if checkpoint is None:
+        from .errors import UsageError
+
+        raise UsageError("inspect needs a CHECKPOINT (or --archs)")
+    info = describe(checkpoint, arch=arch, size=size)
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    for k, v in info.items():
+        out.print(f"{k:>14}: {v}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""What every stage takes and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import Inputs
+from ..models.spec import Generator
+
+
+@dataclass
+class StageContext:
+    """What a stage may use: the frozen original (teacher), the inputs, the current ONNX graph
+    (for graph stages), a work folder inside the output folder, and the thread count."""
+
+    teacher: Generator
+    inputs: Inputs
+    workdir: Path
+    threads: int
+    onnx_path: Path | None = None
+
+
+@dataclass
+class StageResult:
+    """A stage's product. Torch stages return a new generator and no graph; graph stages
+    return the same generator and the path of the graph they wrote."""
+
+    generator: Generator
+    onnx_path: Path | None
+    precision: str
+    info: dict[str, Any] = field(default_factory=dict)

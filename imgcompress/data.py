@@ -1,0 +1,239 @@
+"""Inputs for calibration and evaluation, made from images (or latents) as the task says.
+
+- ``sr``: a high-resolution image is the ground truth; the input is its PIL-bicubic
+  downscale by the model's scale.
+- ``denoise``: the clean image is the ground truth; the input adds Gaussian noise.
+- ``translate``: the image as it is; no ground truth.
+- ``generate``: latents from N(0, 1) with a seed; no ground truth.
+
+Calibration and evaluation never share an image (or a latent seed).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+from .models.spec import GeneratorSpec
+from .recipe import DataConfig
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Sample:
+    """One evaluation item: a batch-1 model input and, where the task has one, its ground truth
+    in the model's output convention (range and color)."""
+
+    name: str
+    input: torch.Tensor
+    target: torch.Tensor | None = None
+
+
+@dataclass
+class Inputs:
+    task: str
+    calibration: list[torch.Tensor]
+    evaluation: list[Sample]
+    description: dict[str, str] = field(default_factory=dict)
+
+
+def bundled_images_dir() -> Path:
+    """The small set of sample images shipped inside the package."""
+    return Path(str(resources.files("imgcompress") / "assets" / "images"))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    p = Path(folder)
+    if not p.is_dir():
+        raise DataError(f"{p}: no such image folder; set data.images (or --images) to a folder of PNG/JPEG files")
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise DataError(f"{p}: holds no images ({', '.join(IMAGE_SUFFIXES)}); point data.images at a folder of images")
+    return files
+
+
+def load_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable image ({e.__class__.__name__}); remove it or replace it with a valid PNG/JPEG") from None
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (1, 3, H, W) in [0, 1]."""
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R BT.601 luma of RGB in [0, 1] (studio range 16..235, scaled to [0, 1]), (N,1,H,W)."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return (16.0 + 65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+
+
+def to_gray(x: torch.Tensor) -> torch.Tensor:
+    """Full-range luma (0.299, 0.587, 0.114) of RGB in [0, 1], (N,1,H,W)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def convert_color(x: torch.Tensor, color: str) -> torch.Tensor:
+    if color == "rgb":
+        return x
+    return rgb_to_y(x) if color == "y" else to_gray(x)
+
+
+def to_range(x: torch.Tensor, rng: tuple[float, float]) -> torch.Tensor:
+    lo, hi = rng
+    return x * (hi - lo) + lo
+
+
+def bicubic_downscale(im: Image.Image, scale: int) -> Image.Image:
+    w, h = im.size
+    return im.resize((w // scale, h // scale), Image.BICUBIC)
+
+
+def crop_to_multiple(im: Image.Image, multiple: int) -> Image.Image:
+    w, h = im.size
+    return im.crop((0, 0, w - w % multiple, h - h % multiple))
+
+
+def center_crop(im: Image.Image, side: int) -> Image.Image:
+    w, h = im.size
+    cw, ch = min(side, w), min(side, h)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return im.crop((left, top, left + cw, top + ch))
+
+
+def resolve_task(spec: GeneratorSpec, cfg: DataConfig) -> str:
+    task = spec.task if cfg.task == "auto" else cfg.task
+    if spec.input_kind == "latent" and task != "generate":
+        raise DataError(f"data.task is {task!r} but the model takes latents; use task: generate (or auto)")
+    if spec.input_kind == "image" and task == "generate":
+        raise DataError("data.task is 'generate' but the model takes images; use sr, denoise or translate (or auto)")
+    if task == "sr" and spec.scale < 2:
+        raise DataError("data.task is 'sr' but the model does not upscale (scale 1); use denoise or translate")
+    return task
+
+
+class _Maker:
+    """Turns an RGB image into (input, target) for one task and spec."""
+
+    def __init__(self, spec: GeneratorSpec, task: str, cfg: DataConfig):
+        self.spec, self.task, self.cfg = spec, task, cfg
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+
+    @property
+    def multiple(self) -> int:
+        # output-side pixels an HR image must be a multiple of
+        return (self.spec.scale if self.task == "sr" else 1) * self.spec.size_multiple
+
+    def pair(self, hr: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+        spec = self.spec
+        hr = crop_to_multiple(hr, self.multiple)
+        if self.task == "sr":
+            lr = bicubic_downscale(hr, spec.scale)
+            x = convert_color(to_tensor(lr), spec.color)
+            target = convert_color(to_tensor(hr), spec.color)
+        else:
+            clean = convert_color(to_tensor(hr), spec.color)
+            if self.task == "denoise":
+                noise = torch.randn(clean.shape, generator=self.rng) * self.cfg.noise_sigma
+                x, target = clean + noise, clean
+            else:
+                x, target = clean, None
+        x = to_range(x, spec.input_range)
+        if target is not None:
+            target = to_range(target, spec.output_range)
+        return x.contiguous(), target
+
+
+def _split(files: list[Path], n_eval: int, source: str) -> tuple[list[Path], list[Path]]:
+    if len(files) < 2:
+        raise DataError(
+            f"{source}: needs at least 2 images to keep calibration and evaluation apart; "
+            "add images or set data.eval_images to a separate folder"
+        )
+    n_eval = max(1, min(n_eval, len(files) // 2))
+    # every other image, from the end, for evaluation: spreads the two sets over the folder
+    eval_files = files[::-1][::2][:n_eval]
+    calib_files = [f for f in files if f not in eval_files]
+    return calib_files, eval_files
+
+
+def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None) -> Inputs:
+    """Calibration inputs (batch-1 tensors of one shape) and evaluation samples, disjoint."""
+    task = resolve_task(spec, cfg)
+    if task == "generate":
+        assert spec.latent_shape is not None
+        g_cal = torch.Generator().manual_seed(cfg.seed)
+        g_eval = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+        cal = [torch.randn((1, *spec.latent_shape), generator=g_cal) for _ in range(cfg.calibration_samples)]
+        ev = [Sample(f"z{i}", torch.randn((1, *spec.latent_shape), generator=g_eval)) for i in range(cfg.eval_samples)]
+        return Inputs(task, cal, ev, {
+            "calibration": f"{len(cal)} latents ~ N(0,1), seed {cfg.seed}",
+            "evaluation": f"{len(ev)} latents ~ N(0,1), seed {cfg.seed + 1_000_003}",
+        })
+
+    def where(p: str | None) -> Path:
+        if p is None:
+            return bundled_images_dir()
+        q = Path(p).expanduser()
+        return q if q.is_absolute() or base_dir is None else (base_dir / q)
+
+    images_dir = where(cfg.images)
+    files = list_images(images_dir)
+    if cfg.eval_images is not None and where(cfg.eval_images).resolve() != images_dir.resolve():
+        eval_dir = where(cfg.eval_images)
+        eval_files = list_images(eval_dir)[: cfg.eval_samples]
+        calib_files = files
+    else:
+        eval_dir = images_dir
+        calib_files, eval_files = _split(files, cfg.eval_samples, str(images_dir))
+
+    maker = _Maker(spec, task, cfg)
+    m = maker.multiple
+    cal_crop = max(m, cfg.crop - cfg.crop % m)
+    pyrng = random.Random(cfg.seed)
+    calib_imgs = [load_rgb(f) for f in calib_files]
+    small = [f for f, im in zip(calib_files, calib_imgs) if min(im.size) < cal_crop]
+    if len(small) == len(calib_imgs):
+        cal_crop = max(m, min(min(im.size) for im in calib_imgs) // m * m)
+        log.info("calibration crop reduced to %d px to fit the images", cal_crop)
+    calib_imgs = [im for im in calib_imgs if min(im.size) >= cal_crop]
+    cal: list[torch.Tensor] = []
+    for i in range(cfg.calibration_samples):
+        im = calib_imgs[i % len(calib_imgs)]
+        w, h = im.size
+        left, top = pyrng.randint(0, w - cal_crop), pyrng.randint(0, h - cal_crop)
+        crop = im.crop((left, top, left + cal_crop, top + cal_crop))
+        if pyrng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        cal.append(maker.pair(crop)[0])
+
+    eval_side = cfg.eval_crop or (cfg.max_eval_side if task == "sr" else spec.default_size)
+    eval_side = min(eval_side, cfg.max_eval_side)
+    ev: list[Sample] = []
+    for f in eval_files:
+        im = center_crop(load_rgb(f), eval_side)
+        if min(im.size) < m:
+            raise DataError(f"{f}: image too small ({im.size[0]}x{im.size[1]}) for a model that needs multiples of {m} px")
+        x, target = maker.pair(im)
+        ev.append(Sample(f.name, x, target))
+    return Inputs(task, cal, ev, {
+        "calibration": f"{len(cal)} random {cal_crop}px crops of {len(calib_imgs)} images in {images_dir}",
+        "evaluation": f"{len(ev)} images (center-cropped to at most {eval_side}px) in {eval_dir}",
+        "task": task,
+    })

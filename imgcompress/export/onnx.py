@@ -1,0 +1,114 @@
+"""Export a generator to ONNX and check the graph against torch before anything uses it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from ..errors import ExportError
+from ..models.spec import Generator
+from . import runtime
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """How closely the ONNX graph reproduces torch, on inputs of two shapes."""
+
+    max_abs_error: float
+    tolerance: float
+    shapes: tuple[tuple[int, ...], ...]
+
+
+def export_onnx(
+    generator: Generator,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    dynamic_spatial: bool = True,
+    tolerance: float = 1e-3,
+    size: int | None = None,
+) -> ExportCheck:
+    """Export ``generator`` to ``path`` (atomically) and check it against torch.
+
+    The legacy TorchScript exporter is used: it exported every generator shape we
+    tried with dynamic axes (see docs/stages.md). The check runs onnxruntime on a
+    batch of 2 at the export size and a batch of 1 at another size (when spatial axes
+    are dynamic); the max abs error, relative to the output range, must be within
+    ``tolerance`` or `ExportError` is raised and nothing is written.
+    """
+    spec = generator.spec
+    module = generator.module.eval()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    batch = 2 if dynamic_batch else 1  # a batch of 1 would fix the batch axis in the graph
+    x = spec.example_input(batch=batch, size=size, seed=1)
+    dynamic: dict[int, str] = {}
+    if dynamic_batch:
+        dynamic[0] = "batch"
+    if spec.input_kind == "image" and dynamic_spatial:
+        dynamic.update({2: "height", 3: "width"})
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp.onnx", dir=p.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (x,), tmp,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dict(dynamic)} if dynamic else None,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        model = onnx.load(tmp)
+        onnx.checker.check_model(model)
+        check = check_against_torch(generator, tmp, tolerance=tolerance, size=size,
+                                    other_size=bool(dynamic_spatial and spec.input_kind == "image"),
+                                    batch=batch)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("exported %s (max abs error vs torch %.2e)", p, check.max_abs_error)
+    return check
+
+
+def check_against_torch(
+    generator: Generator, onnx_path: str | os.PathLike[str], *, tolerance: float,
+    size: int | None = None, other_size: bool = True, batch: int = 2,
+) -> ExportCheck:
+    spec = generator.spec
+    sess = runtime.session(onnx_path, threads=runtime.default_threads())
+    inputs = [spec.example_input(batch=batch, size=size, seed=2)]
+    if other_size:
+        base = size or spec.default_size
+        inputs.append(spec.example_input(batch=batch, size=base + spec.size_multiple * max(1, 8 // spec.size_multiple), seed=3))
+    lo, hi = spec.output_range
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            ref = generator.module(x)
+            got = runtime.run(sess, x)
+            if got.shape != ref.shape:
+                raise ExportError(f"ONNX output shape {tuple(got.shape)} != torch {tuple(ref.shape)} for input {tuple(x.shape)}")
+            worst = max(worst, float((got - ref).abs().max()))
+    rel = worst / (hi - lo)
+    if rel > tolerance:
+        raise ExportError(
+            f"the ONNX graph differs from torch by {worst:.3g} (max abs, {rel:.3g} of the output range; "
+            f"tolerance {tolerance}); report this model, or raise export.tolerance"
+        )
+    return ExportCheck(worst, tolerance, tuple(tuple(x.shape) for x in inputs))

@@ -1,0 +1,38 @@
+"""onnxruntime sessions with fixed threads, and running them on torch tensors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def providers() -> list[str]:
+    """Execution providers used here: CUDA when onnxruntime has it, then CPU."""
+    avail = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+
+
+def session(path: str | Path, *, threads: int | None = None, provider: str | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    prov = [provider] if provider else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=prov)
+
+
+def run(sess: ort.InferenceSession, x: torch.Tensor) -> torch.Tensor:
+    """Run a one-input, one-output session on a float32 tensor."""
+    name = sess.get_inputs()[0].name
+    (y,) = sess.run(None, {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+    return torch.from_numpy(np.asarray(y, dtype=np.float32))

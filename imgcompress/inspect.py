@@ -1,0 +1,49 @@
+"""What `imgcompress inspect` shows about a checkpoint (library side)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .checkpoint import read_checkpoint
+from .models import registry
+from .models.load import load_generator
+from .validate import cost
+
+
+def describe(path: str | os.PathLike[str], *, arch: str | None = None, size: int | None = None) -> dict[str, Any]:
+    """Arch, parameters, MACs at a stated input, and the input/output convention."""
+    raw = read_checkpoint(path)
+    g = load_generator(path, model={"arch": arch} if arch else None)
+    spec = g.spec
+    x = spec.example_input(batch=1, size=size)
+    if spec.input_kind == "latent":
+        inp = f"latent {tuple(x.shape[1:])} ~ N(0,1)"
+    else:
+        inp = f"{spec.color} image in [{spec.input_range[0]:g}, {spec.input_range[1]:g}], sides a multiple of {spec.size_multiple}"
+    return {
+        "file": str(path),
+        "arch": g.arch,
+        "kwargs": g.kwargs,
+        "resolved_by": "imgcompress metadata" if raw.metadata else ("recipe/--arch" if arch else "detection from keys"),
+        "container": raw.container or "(top level)",
+        "tensors": len(raw.state_dict),
+        "params": cost.params(g.module),
+        "macs": cost.macs(g.module, x),
+        "macs_input": list(x.shape),
+        "task": spec.task,
+        "input": inp,
+        "output": f"{spec.color} image in [{spec.output_range[0]:g}, {spec.output_range[1]:g}]"
+                  + (f", ×{spec.scale}" if spec.scale > 1 else ""),
+        "notes": "; ".join(raw.notes + list(getattr(registry.get(g.arch), "notes", ()) or ())) or "–",
+    }
+
+
+def list_archs() -> list[str]:
+    lines = []
+    for name in registry.names():
+        a = registry.get(name)
+        assert a is not None
+        lines.append(f"{name}: {a.description}")
+    lines.append("spandrel: any of the ~40 restoration architectures spandrel detects (Real-ESRGAN, SwinIR, ...)")
+    return lines

@@ -1,0 +1,99 @@
+"""What a generator eats and emits: `GeneratorSpec`, and `Generator`, a module with its spec."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Task = Literal["sr", "denoise", "translate", "generate"]
+Color = Literal["rgb", "y", "gray"]
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """The input/output convention of a generator.
+
+    - ``task`` says how evaluation inputs are made: ``sr`` (bicubic-downscaled images,
+      the original image is ground truth), ``denoise`` (images plus Gaussian noise, the
+      clean image is ground truth), ``translate`` (images as they are, no ground truth),
+      ``generate`` (latents sampled from N(0, 1), no ground truth).
+    - ``input_kind`` is ``image`` (N, C, H, W) or ``latent`` (N, *latent_shape).
+    - ``color``: ``rgb`` (3 channels), ``y`` (the BT.601 luma of an RGB image, 1 channel)
+      or ``gray``. Applies to the input (images) and the output.
+    - ``input_range`` / ``output_range``: the value range of pixels in and out.
+    - ``scale``: output side / input side for image inputs. ``size_multiple``: image
+      sides must be a multiple of this.
+    - ``latent_shape``: per-sample shape of a latent input, e.g. ``(100, 1, 1)``.
+    - ``default_size``: image input side used for MACs and speed when none is given.
+    """
+
+    task: Task
+    input_kind: Literal["image", "latent"] = "image"
+    color: Color = "rgb"
+    input_range: tuple[float, float] = (0.0, 1.0)
+    output_range: tuple[float, float] = (0.0, 1.0)
+    scale: int = 1
+    size_multiple: int = 1
+    latent_shape: tuple[int, ...] | None = None
+    default_size: int = 64
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; normalise so specs compare equal.
+        object.__setattr__(self, "input_range", tuple(float(v) for v in self.input_range))
+        object.__setattr__(self, "output_range", tuple(float(v) for v in self.output_range))
+        if self.latent_shape is not None:
+            object.__setattr__(self, "latent_shape", tuple(int(v) for v in self.latent_shape))
+        if (self.input_kind == "latent") != (self.latent_shape is not None):
+            raise ValueError("latent_shape is required for latent inputs and only for them")
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GeneratorSpec":
+        return cls(**d)
+
+    def example_input(self, *, batch: int = 1, size: int | None = None, seed: int = 0) -> torch.Tensor:
+        """A deterministic input of the right shape and range (for tracing, MACs, speed)."""
+        g = torch.Generator().manual_seed(seed)
+        if self.input_kind == "latent":
+            assert self.latent_shape is not None
+            return torch.randn((batch, *self.latent_shape), generator=g)
+        side = size or self.default_size
+        side = max(self.size_multiple, side - side % self.size_multiple)
+        lo, hi = self.input_range
+        return torch.rand((batch, self.channels, side, side), generator=g) * (hi - lo) + lo
+
+
+@dataclass
+class Generator:
+    """An `nn.Module` plus everything needed to feed it, rebuild it and describe it.
+
+    ``arch`` and ``kwargs`` rebuild the module (``imgcompress.models.build``);
+    ``widths`` records per-layer widths changed by pruning (empty for an unpruned model).
+    """
+
+    module: nn.Module
+    spec: GeneratorSpec
+    arch: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    widths: dict[str, list[int]] = field(default_factory=dict)
+    source: str = ""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def eval(self) -> "Generator":
+        self.module.eval()
+        return self

@@ -1,0 +1,307 @@
+"""Run a recipe on a checkpoint: load -> stages -> export -> validate -> report -> gate.
+
+Everything is built in ``OUT/.partial/`` and moved into ``OUT/`` at the end, report.json
+last, so an interrupted run never leaves a report that passes for a finished one, and the
+input checkpoint is never written.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from . import __version__
+from .compress import quantize as quantize_stage
+from .compress.base import StageContext, StageResult
+from .data import Inputs, make_inputs
+from .errors import UsageError
+from .export import runtime
+from .export.onnx import export_onnx
+from .models.load import load_generator, save_generator
+from .models.spec import Generator
+from .recipe import GateConfig, Recipe, check_implemented, load_recipe, recipe_sha256
+from .validate import cost, metrics, speed
+from .validate.gate import check_gate, merge_gate
+from .validate.report import Report, atomic_write_text, to_markdown
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ApplyResult:
+    """What `apply` returns: the verdict, the report, and where everything was written."""
+
+    passed: bool
+    report: Report
+    out: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.out / "model.onnx"
+
+
+def _run_stage(kind: str, generator: Generator, ctx: StageContext, cfg: Any, out: Path) -> StageResult:
+    if kind == "quantize":
+        return quantize_stage.run(generator, ctx, cfg, out=out)
+    raise AssertionError(f"stage {kind} reached the pipeline unimplemented")  # check_implemented stops it
+
+
+def _outputs(module_or_sess: Any, inputs: list[torch.Tensor], is_torch: bool) -> list[torch.Tensor]:
+    outs = []
+    with torch.no_grad():
+        for x in inputs:
+            outs.append(module_or_sess(x).float() if is_torch else runtime.run(module_or_sess, x))
+    return outs
+
+
+def _quality(outs: list[torch.Tensor], refs: list[torch.Tensor] | None, inputs: Inputs, generator: Generator) -> dict[str, float | None]:
+    """Mean PSNR/SSIM vs the original's outputs (drift) and vs ground truth where there is one."""
+    spec = generator.spec
+    res: dict[str, float | None] = {}
+    norm = [metrics.normalise(o, spec.output_range) for o in outs]
+    if refs is not None:
+        rn = [metrics.normalise(r, spec.output_range) for r in refs]
+        res["psnr_db"] = sum(metrics.psnr(a, b) for a, b in zip(norm, rn)) / len(norm)
+        res["ssim"] = sum(metrics.ssim(a, b) for a, b in zip(norm, rn)) / len(norm)
+    targets = [s.target for s in inputs.evaluation]
+    if all(t is not None for t in targets):
+        border = spec.scale if inputs.task == "sr" else 0
+        gts = [metrics.normalise(t, spec.output_range) for t in targets]  # type: ignore[arg-type]
+        if inputs.task == "sr":
+            norm, gts = [metrics.y_channel(a) for a in norm], [metrics.y_channel(b) for b in gts]
+        res["gt_psnr_db"] = sum(metrics.psnr(a, b, border=border) for a, b in zip(norm, gts)) / len(norm)
+        res["gt_ssim"] = sum(metrics.ssim(a, b, border=border) for a, b in zip(norm, gts)) / len(norm)
+    else:
+        res["gt_psnr_db"] = res["gt_ssim"] = None
+    return res
+
+
+def _check_out(out: Path, checkpoint: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder; --out must name a folder")
+    ck = checkpoint.resolve()
+    for name in ("model.safetensors", "model.onnx", "report.json", "report.md", "original.onnx"):
+        if (out / name).resolve() == ck:
+            raise UsageError(f"--out {out} would overwrite the input checkpoint {checkpoint}; choose another folder")
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Move staged files into ``out``; report.json goes last."""
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == "report.json")
+    for f in files:
+        dest = out / f.relative_to(staging)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def apply(
+    recipe: str | os.PathLike[str] | Recipe,
+    checkpoint: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] = "out",
+    images: str | None = None,
+    eval_images: str | None = None,
+    gate: dict[str, float | None] | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> ApplyResult:
+    """Apply ``recipe`` to ``checkpoint`` and write model, graphs and report into ``out``.
+
+    ``images``/``eval_images`` override the recipe's ``data.images``/``data.eval_images``;
+    ``gate`` overrides thresholds of its ``gate:`` (keys min_psnr, min_ssim,
+    max_gt_psnr_drop, min_speedup); ``threads`` overrides ``validate.threads``.
+    Raises `ImgcompressError` on bad input; a failed gate is ``result.passed == False``.
+    """
+    say = progress or (lambda msg: log.info("%s", msg))
+    t_start = time.perf_counter()
+    if isinstance(recipe, Recipe):
+        rec, recipe_path = recipe, "<python>"
+    else:
+        recipe_path = str(recipe)
+        rec = load_recipe(recipe)
+    check_implemented(rec, source=recipe_path)
+    ckpt_path = Path(checkpoint)
+    out_dir = Path(out)
+    _check_out(out_dir, ckpt_path)
+
+    data_cfg = rec.data.model_copy(update={k: v for k, v in {"images": images, "eval_images": eval_images}.items() if v is not None})
+    gate_cfg: GateConfig = merge_gate(rec.gate, **(gate or {}))
+    vcfg = rec.validate_config
+    n_threads = threads or vcfg.threads or runtime.default_threads()
+
+    say(f"loading {ckpt_path}")
+    generator = load_generator(ckpt_path, model=rec.model)
+    spec = generator.spec
+    inputs = make_inputs(spec, data_cfg)
+    if gate_cfg.max_gt_psnr_drop is not None and inputs.evaluation[0].target is None:
+        raise UsageError(
+            f"gate max_gt_psnr_drop needs ground truth, and task {inputs.task!r} has none; drop that threshold"
+        )
+    teacher = Generator(copy.deepcopy(generator.module).eval(), spec, generator.arch, dict(generator.kwargs),
+                        dict(generator.widths), generator.source)
+    for p in teacher.module.parameters():
+        p.requires_grad_(False)
+
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        return _apply(rec, recipe_path, ckpt_path, out_dir, staging, generator, teacher, inputs, gate_cfg,
+                      n_threads, say, t_start)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, staging: Path, generator: Generator,
+           teacher: Generator, inputs: Inputs, gate_cfg: GateConfig, n_threads: int, say: Progress,
+           t_start: float) -> ApplyResult:
+    spec = generator.spec
+    ecfg, vcfg = rec.export, rec.validate_config
+    export_kw = dict(opset=ecfg.opset, dynamic_batch=ecfg.dynamic_batch, dynamic_spatial=ecfg.dynamic_spatial,
+                     tolerance=ecfg.tolerance)
+
+    say("exporting the original to ONNX")
+    original_onnx = staging / "original.onnx"
+    export_check = export_onnx(teacher, original_onnx, **export_kw)
+
+    current = generator
+    current_onnx: Path | None = original_onnx
+    artifacts: list[tuple[str, Generator, Path, str]] = []
+    stage_log: list[dict[str, Any]] = []
+    for i, st in enumerate(rec.stages):
+        say(f"stage {i}: {st.kind}")
+        t0 = time.perf_counter()
+        if current_onnx is None:
+            current_onnx = staging / "stages" / f"{i:02d}-{current.arch}-fp32.onnx"
+            export_onnx(current, current_onnx, **export_kw)
+        ctx = StageContext(teacher=teacher, inputs=inputs, workdir=staging, threads=n_threads, onnx_path=current_onnx)
+        res = _run_stage(st.kind, current, ctx, st, staging / "stages" / f"{i:02d}-{st.kind}.onnx")
+        current = res.generator
+        current_onnx = res.onnx_path
+        name = f"{i}-{st.kind}"
+        if current_onnx is None:  # a torch stage: its artifact is the fp32 export
+            current_onnx = staging / "stages" / f"{i:02d}-{st.kind}.onnx"
+            export_onnx(current, current_onnx, **export_kw)
+        artifacts.append((name, current, current_onnx, res.precision))
+        stage_log.append({"index": i, "stage": st.kind, "artifact": name, "seconds": round(time.perf_counter() - t0, 2),
+                          "info": res.info})
+
+    say("measuring quality and speed")
+    eval_x = [s.input for s in inputs.evaluation]
+    refs = _outputs(teacher.module, eval_x, True)
+    x_speed = spec.example_input(batch=vcfg.batch, size=vcfg.size, seed=7)
+    orig_sess = runtime.session(original_onnx, threads=n_threads)
+    sessions = {name: runtime.session(path, threads=n_threads) for name, _, path, _ in artifacts}
+
+    orig_quality = _quality(refs, None, inputs, teacher)
+    ort_quality = _quality(_outputs(orig_sess, eval_x, False), refs, inputs, teacher)
+    art_quality = {name: _quality(_outputs(sessions[name], eval_x, False), refs, inputs, g)
+                   for name, g, _, _ in artifacts}
+
+    def torch_run() -> object:
+        with torch.no_grad():
+            return teacher.module(x_speed)
+
+    runners: dict[str, Callable[[], object]] = {"torch": torch_run, "ort": lambda: runtime.run(orig_sess, x_speed)}
+    for name in sessions:
+        runners[name] = (lambda s=sessions[name]: runtime.run(s, x_speed))
+    timings = speed.measure(runners, warmup=vcfg.warmup, repeats=vcfg.repeats)
+
+    macs_cache: dict[int, int] = {}
+
+    def macs_of(g: Generator) -> int:
+        if id(g.module) not in macs_cache:
+            macs_cache[id(g.module)] = cost.macs(g.module, x_speed)
+        return macs_cache[id(g.module)]
+
+    t_torch, t_ort = timings["torch"], timings["ort"]
+    original = {
+        "params": cost.params(teacher.module),
+        "macs": macs_of(teacher),
+        "size_bytes": original_onnx.stat().st_size,
+        "torch_latency_ms": t_torch.median_ms, "torch_latency_p90_ms": t_torch.p90_ms,
+        "ort_latency_ms": t_ort.median_ms, "ort_latency_p90_ms": t_ort.p90_ms,
+        "gt_psnr_db": orig_quality["gt_psnr_db"], "gt_ssim": orig_quality["gt_ssim"],
+        "ort_psnr_db": ort_quality["psnr_db"], "ort_ssim": ort_quality["ssim"],
+        "ort_gt_psnr_db": ort_quality["gt_psnr_db"], "ort_gt_ssim": ort_quality["gt_ssim"],
+    }
+    art_rows = []
+    for name, g, path, precision in artifacts:
+        t = timings[name]
+        q = art_quality[name]
+        art_rows.append({
+            "name": name, "file": str(path.relative_to(staging)), "precision": precision,
+            "params": cost.params(g.module), "macs": macs_of(g), "size_bytes": path.stat().st_size,
+            "latency_ms": t.median_ms, "latency_p90_ms": t.p90_ms,
+            "speedup_vs_ort_fp32": t_ort.median_ms / t.median_ms,
+            "speedup_vs_torch_fp32": t_torch.median_ms / t.median_ms,
+            "psnr_db": q["psnr_db"], "ssim": q["ssim"], "gt_psnr_db": q["gt_psnr_db"], "gt_ssim": q["gt_ssim"],
+        })
+    final_name, final_gen, final_path, _ = artifacts[-1]
+
+    report: dict[str, Any] = {
+        "schema": 1,
+        "imgcompress_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "passed": False,
+        "recipe": {"path": recipe_path, "name": rec.name, "sha256": recipe_sha256(rec),
+                   "stages": [st.kind for st in rec.stages]},
+        "checkpoint": {"path": str(ckpt_path), "arch": generator.arch, "kwargs": generator.kwargs,
+                       "spec": spec.to_dict()},
+        "data": {"task": inputs.task, **inputs.description},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "onnxruntime": ort.__version__, "machine": platform.machine(),
+                        "processor": _cpu_name(), "providers_available": ort.get_available_providers(),
+                        "provider_used": "CPUExecutionProvider"},
+        "export": {"opset": rec.export.opset, "max_abs_error": export_check.max_abs_error,
+                   "tolerance": export_check.tolerance, "checked_shapes": [list(s) for s in export_check.shapes]},
+        "speed": {"input_shape": list(x_speed.shape), "threads": n_threads, "warmup": vcfg.warmup,
+                  "repeats": vcfg.repeats, "interleaved": True},
+        "original": original,
+        "stages": stage_log,
+        "artifacts": art_rows,
+        "final": final_name,
+        "files": {"model_onnx": "model.onnx", "model_safetensors": "model.safetensors",
+                  "original_onnx": "original.onnx"},
+    }
+    verdict = check_gate(report, gate_cfg)
+    report["gate"] = verdict
+    report["passed"] = verdict["passed"]
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+
+    shutil.copyfile(final_path, staging / "model.onnx")
+    save_generator(final_gen, staging / "model.safetensors", recipe_sha256=report["recipe"]["sha256"])
+    atomic_write_text(staging / "report.md", to_markdown(report))
+    atomic_write_text(staging / "report.json", json.dumps(report, indent=2))
+    say(f"writing {out_dir}")
+    _move_into(staging, out_dir)
+    return ApplyResult(report["passed"], Report(report), out_dir)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,0 +1,1 @@
+"""Measure artifacts (quality, speed), write the report, apply the gate."""

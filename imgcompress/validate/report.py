@@ -1,0 +1,133 @@
+"""The report: `report.json` (schema 1) and `report.md` (a table fit for a CI job summary)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+SCHEMA = 1
+
+
+class Report:
+    """A thin view over the report's JSON document (``.data``)."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.data = data
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.data.get("passed"))
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        return list(self.data.get("gate", {}).get("checks", []))
+
+    @property
+    def failures(self) -> list[str]:
+        """One line per failed gate check, e.g. ``min_psnr: PSNR vs original (dB) 31.2 >= 40``."""
+        return [f"{c['name']}: {c['detail']}" for c in self.checks if not c["passed"]]
+
+    @property
+    def artifacts(self) -> list[dict[str, Any]]:
+        return list(self.data.get("artifacts", []))
+
+    @property
+    def final(self) -> dict[str, Any]:
+        name = self.data.get("final")
+        return next(a for a in self.artifacts if a["name"] == name)
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Report":
+        p = Path(path)
+        if p.is_dir():
+            p = p / "report.json"
+        if not p.is_file():
+            raise UsageError(f"{p}: no such report; run imgcompress apply first (it writes OUT/report.json)")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"{p}: not a JSON report ({e.__class__.__name__}); pass the report.json that apply wrote") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or "artifacts" not in data or "original" not in data:
+            raise UsageError(f"{p}: not an imgcompress report (schema {SCHEMA}); pass the report.json that apply wrote")
+        return cls(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "–"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{suf}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    r = report
+    o = r["original"]
+    verdict = "PASSED" if r["passed"] else "FAILED"
+    lines = [
+        f"## imgcompress — {Path(r['checkpoint']['path']).name}: {verdict}",
+        "",
+        f"Recipe `{r['recipe']['path']}` · arch `{r['checkpoint']['arch']}` · task `{r['data']['task']}` · "
+        f"speed input {'×'.join(map(str, r['speed']['input_shape']))}, {r['speed']['threads']} threads, "
+        f"median of {r['speed']['repeats']} · quality on {r['data']['evaluation']}",
+        "",
+        "| model | precision | params | MACs | size | latency ms (median / p90) | speedup vs ORT fp32 | vs torch fp32 "
+        "| PSNR vs original | SSIM | GT PSNR | GT SSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| original (torch) | fp32 | {_human(o['params'])} | {_human(o['macs'])} | – | "
+        f"{_fmt(o['torch_latency_ms'])} / {_fmt(o['torch_latency_p90_ms'])} | "
+        f"{_fmt(o['ort_latency_ms'] / o['torch_latency_ms'])}× | 1.00× | – | – | {_fmt(o.get('gt_psnr_db'))} | {_fmt(o.get('gt_ssim'), '.4f')} |",
+        f"| original (ORT) | fp32 | {_human(o['params'])} | {_human(o['macs'])} | {_human(o['size_bytes'], 'B')} | "
+        f"{_fmt(o['ort_latency_ms'])} / {_fmt(o['ort_latency_p90_ms'])} | 1.00× | "
+        f"{_fmt(o['torch_latency_ms'] / o['ort_latency_ms'])}× | {_fmt(o.get('ort_psnr_db'))} | {_fmt(o.get('ort_ssim'), '.4f')} | "
+        f"{_fmt(o.get('ort_gt_psnr_db'))} | {_fmt(o.get('ort_gt_ssim'), '.4f')} |",
+    ]
+    for a in r["artifacts"]:
+        mark = " (final)" if a["name"] == r["final"] else ""
+        lines.append(
+            f"| {a['name']}{mark} | {a['precision']} | {_human(a['params'])} | {_human(a['macs'])} | {_human(a['size_bytes'], 'B')} | "
+            f"{_fmt(a['latency_ms'])} / {_fmt(a['latency_p90_ms'])} | {_fmt(a['speedup_vs_ort_fp32'])}× | "
+            f"{_fmt(a['speedup_vs_torch_fp32'])}× | {_fmt(a['psnr_db'])} | {_fmt(a['ssim'], '.4f')} | "
+            f"{_fmt(a.get('gt_psnr_db'))} | {_fmt(a.get('gt_ssim'), '.4f')} |"
+        )
+    lines += ["", "PSNR/SSIM vs original: the compressed output against the original model's output "
+              "(drift). GT: against ground truth" + (" (Y channel, border cropped by the scale)" if r["data"]["task"] == "sr" else "") + ".", ""]
+    checks = r["gate"]["checks"]
+    if checks:
+        lines.append(f"### Gate on `{r['gate']['artifact']}`: {verdict}")
+        lines.append("")
+        for c in checks:
+            lines.append(f"- {'✅' if c['passed'] else '❌'} `{c['name']}`: {c['detail']}")
+    else:
+        lines.append("### Gate: no thresholds set (passes)")
+    lines.append("")
+    return "\n".join(lines)
