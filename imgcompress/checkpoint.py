@@ -14,7 +14,6 @@ import logging
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .files import temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _read_torch(p: Path) -> RawCheckpoint:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{p}: refused to load: the pickle holds objects other than tensors and plain "
-            f"containers ({_first_line(e, 140)}); only weights-only checkpoints are read — "
+            f"containers ({_blocked_global(e)}); only weights-only checkpoints are read — "
             "re-save it with torch.save(model.state_dict()) or as .safetensors"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, struct.error) as e:
@@ -147,6 +147,16 @@ def _read_torch(p: Path) -> RawCheckpoint:
         raise CheckpointError(f"{p}: unreadable torch file ({type(e).__name__}: {_first_line(e)})") from None
     sd, container, notes = _unwrap(obj, p)
     return RawCheckpoint(p, sd, None, container, notes)
+
+
+def _blocked_global(e: BaseException) -> str:
+    """The line of torch's weights-only refusal that names what was refused (e.g. ``GLOBAL
+    posix.system``), rather than its generic first line about the ``weights_only`` default."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), None)
+    if hit is None:
+        return _first_line(e, 140)
+    return hit if len(hit) <= 140 else hit[:139] + "…"
 
 
 def _first_line(e: BaseException, limit: int = 120) -> str:
@@ -199,8 +209,7 @@ def write_checkpoint(path: str | os.PathLike[str], state_dict: StateDict, metada
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT_VERSION, **metadata}
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
+    tmp = temp_beside(p)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
         os.replace(tmp, p)

@@ -29,7 +29,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# A summary table needs ~110 columns; pipes and CI logs get that width instead of 80.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,7 +78,7 @@ def _setup_logging(quiet: bool) -> None:
 def _summary(report: dict[str, Any]) -> Table:
     t = Table(title=f"imgcompress: {Path(report['checkpoint']['path']).name} ({report['checkpoint']['arch']})")
     for col in ("model", "precision", "latency ms", "× ORT fp32", "× torch fp32", "PSNR vs orig", "SSIM", "GT PSNR"):
-        t.add_column(col, justify="right" if col != "model" else "left")
+        t.add_column(col, justify="right" if col != "model" else "left", no_wrap=True)
     o = report["original"]
 
     def f(v: Any, spec: str = ".2f") -> str:
@@ -152,16 +153,15 @@ def gate(
 ) -> None:
     """Re-check a report against thresholds without rerunning. With no flags, the thresholds
     recorded in the report are checked again."""
-    from .recipe import GateConfig
-    from .validate.gate import check_gate
+    from .validate.gate import check_gate, merge_gate
     from .validate.report import Report
 
     rep = Report.load(report)
     flags = {"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop, "min_speedup": min_speedup}
     if any(v is not None for v in flags.values()):
-        cfg = GateConfig.model_validate({k: v for k, v in flags.items() if v is not None})
+        cfg = merge_gate(**flags)
     else:
-        cfg = GateConfig.model_validate({c["name"]: c["threshold"] for c in rep.checks})
+        cfg = merge_gate(**{c["name"]: c["threshold"] for c in rep.checks})
     verdict = check_gate(rep.data, cfg)
     data = {**rep.data, "gate": verdict, "passed": verdict["passed"]}
     if as_json:

@@ -125,6 +125,8 @@ def resolve_task(spec: GeneratorSpec, cfg: DataConfig) -> str:
         raise DataError("data.task is 'generate' but the model takes images; use sr, denoise or translate (or auto)")
     if task == "sr" and spec.scale < 2:
         raise DataError("data.task is 'sr' but the model does not upscale (scale 1); use denoise or translate")
+    if task != "sr" and spec.scale > 1:
+        raise DataError(f"data.task is {task!r} but the model upscales ×{spec.scale}; use task: sr (or auto)")
     return task
 
 
@@ -213,6 +215,11 @@ def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None =
         cal_crop = max(m, min(min(im.size) for im in calib_imgs) // m * m)
         log.info("calibration crop reduced to %d px to fit the images", cal_crop)
     calib_imgs = [im for im in calib_imgs if min(im.size) >= cal_crop]
+    if not calib_imgs:
+        raise DataError(
+            f"{images_dir}: every calibration image is smaller than {cal_crop} px, the least this model "
+            f"takes (sides a multiple of {m}); use larger images"
+        )
     cal: list[torch.Tensor] = []
     for i in range(cfg.calibration_samples):
         im = calib_imgs[i % len(calib_imgs)]

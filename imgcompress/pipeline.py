@@ -33,9 +33,11 @@ from .export.onnx import export_onnx
 from .models.load import load_generator, save_generator
 from .models.spec import Generator
 from .recipe import GateConfig, Recipe, check_implemented, load_recipe, recipe_sha256
-from .validate import cost, metrics, speed
+from .validate import cost, speed
+from .validate.quality import outputs, quality
 from .validate.gate import check_gate, merge_gate
-from .validate.report import Report, atomic_write_text, to_markdown
+from .files import atomic_write_text
+from .validate.report import Report, to_markdown
 
 log = logging.getLogger(__name__)
 
@@ -59,36 +61,6 @@ def _run_stage(kind: str, generator: Generator, ctx: StageContext, cfg: Any, out
     if kind == "quantize":
         return quantize_stage.run(generator, ctx, cfg, out=out)
     raise AssertionError(f"stage {kind} reached the pipeline unimplemented")  # check_implemented stops it
-
-
-def _outputs(module_or_sess: Any, inputs: list[torch.Tensor], is_torch: bool) -> list[torch.Tensor]:
-    outs = []
-    with torch.no_grad():
-        for x in inputs:
-            outs.append(module_or_sess(x).float() if is_torch else runtime.run(module_or_sess, x))
-    return outs
-
-
-def _quality(outs: list[torch.Tensor], refs: list[torch.Tensor] | None, inputs: Inputs, generator: Generator) -> dict[str, float | None]:
-    """Mean PSNR/SSIM vs the original's outputs (drift) and vs ground truth where there is one."""
-    spec = generator.spec
-    res: dict[str, float | None] = {}
-    norm = [metrics.normalise(o, spec.output_range) for o in outs]
-    if refs is not None:
-        rn = [metrics.normalise(r, spec.output_range) for r in refs]
-        res["psnr_db"] = sum(metrics.psnr(a, b) for a, b in zip(norm, rn)) / len(norm)
-        res["ssim"] = sum(metrics.ssim(a, b) for a, b in zip(norm, rn)) / len(norm)
-    targets = [s.target for s in inputs.evaluation]
-    if all(t is not None for t in targets):
-        border = spec.scale if inputs.task == "sr" else 0
-        gts = [metrics.normalise(t, spec.output_range) for t in targets]  # type: ignore[arg-type]
-        if inputs.task == "sr":
-            norm, gts = [metrics.y_channel(a) for a in norm], [metrics.y_channel(b) for b in gts]
-        res["gt_psnr_db"] = sum(metrics.psnr(a, b, border=border) for a, b in zip(norm, gts)) / len(norm)
-        res["gt_ssim"] = sum(metrics.ssim(a, b, border=border) for a, b in zip(norm, gts)) / len(norm)
-    else:
-        res["gt_psnr_db"] = res["gt_ssim"] = None
-    return res
 
 
 def _check_out(out: Path, checkpoint: Path) -> None:
@@ -169,6 +141,7 @@ def apply(
                       n_threads, say, t_start)
     finally:
         torch.set_num_threads(prev_threads)
+        shutil.rmtree(staging, ignore_errors=True)  # empty after success; half-work after a failure
 
 
 def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, staging: Path, generator: Generator,
@@ -207,23 +180,26 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
 
     say("measuring quality and speed")
     eval_x = [s.input for s in inputs.evaluation]
-    refs = _outputs(teacher.module, eval_x, True)
+    refs = outputs(teacher.module, eval_x)
     x_speed = spec.example_input(batch=vcfg.batch, size=vcfg.size, seed=7)
     orig_sess = runtime.session(original_onnx, threads=n_threads)
     sessions = {name: runtime.session(path, threads=n_threads) for name, _, path, _ in artifacts}
 
-    orig_quality = _quality(refs, None, inputs, teacher)
-    ort_quality = _quality(_outputs(orig_sess, eval_x, False), refs, inputs, teacher)
-    art_quality = {name: _quality(_outputs(sessions[name], eval_x, False), refs, inputs, g)
+    def ort_runner(sess: ort.InferenceSession) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: runtime.run(sess, x)
+
+    orig_quality = quality(refs, None, inputs, spec)
+    ort_quality = quality(outputs(ort_runner(orig_sess), eval_x), refs, inputs, spec)
+    art_quality = {name: quality(outputs(ort_runner(sessions[name]), eval_x), refs, inputs, g.spec)
                    for name, g, _, _ in artifacts}
 
     def torch_run() -> object:
         with torch.no_grad():
             return teacher.module(x_speed)
 
-    runners: dict[str, Callable[[], object]] = {"torch": torch_run, "ort": lambda: runtime.run(orig_sess, x_speed)}
+    runners: dict[str, Callable[[], object]] = {"torch": torch_run, "ort": lambda: ort_runner(orig_sess)(x_speed)}
     for name in sessions:
-        runners[name] = (lambda s=sessions[name]: runtime.run(s, x_speed))
+        runners[name] = (lambda f=ort_runner(sessions[name]): f(x_speed))
     timings = speed.measure(runners, warmup=vcfg.warmup, repeats=vcfg.repeats)
 
     macs_cache: dict[int, int] = {}
@@ -288,6 +264,7 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
     report["passed"] = verdict["passed"]
     report["seconds"] = round(time.perf_counter() - t_start, 1)
 
+    report = json.loads(json.dumps(report))  # what the file holds is what the API returns
     shutil.copyfile(final_path, staging / "model.onnx")
     save_generator(final_gen, staging / "model.safetensors", recipe_sha256=report["recipe"]["sha256"])
     atomic_write_text(staging / "report.md", to_markdown(report))

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import RecipeError
 
@@ -29,15 +30,49 @@ class _Strict(BaseModel):
 class SpecConfig(_Strict):
     """The input/output convention of a custom architecture (see `GeneratorSpec`)."""
 
-    task: Literal["sr", "denoise", "translate", "generate"] = "translate"
-    input_kind: Literal["image", "latent"] = "image"
-    color: Literal["rgb", "y", "gray"] = "rgb"
-    input_range: tuple[float, float] = (0.0, 1.0)
-    output_range: tuple[float, float] = (0.0, 1.0)
-    scale: Annotated[int, Field(ge=1, le=16)] = 1
-    size_multiple: Annotated[int, Field(ge=1, le=256)] = 1
-    latent_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = None
-    default_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    task: Literal["sr", "denoise", "translate", "generate"] = Field(
+        "translate",
+        description=(
+            "How evaluation inputs are made: `sr` (bicubic-downscaled images; the image is ground truth), "
+            "`denoise` (images plus Gaussian noise; the clean image is ground truth), `translate` (images as "
+            "they are; no ground truth), `generate` (latents from N(0, 1); no ground truth)."
+        ),
+    )
+    input_kind: Literal["image", "latent"] = Field(
+        "image",
+        description="`image`: the model takes (N, C, H, W) images; `latent`: it takes (N, *latent_shape) latents.",
+    )
+    color: Literal["rgb", "y", "gray"] = Field(
+        "rgb",
+        description="Channels in and out: `rgb` (3), `y` (BT.601 luma of RGB, 1) or `gray` (1).",
+    )
+    input_range: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="Value range of the input pixels, e.g. [-1, 1].",
+    )
+    output_range: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="Value range of the output pixels; PSNR/SSIM map it to [0, 1].",
+    )
+    scale: Annotated[int, Field(ge=1, le=16)] = Field(
+        1,
+        description="Output side / input side (e.g. 4 for a x4 super-resolution model).",
+    )
+    size_multiple: Annotated[int, Field(ge=1, le=256)] = Field(
+        1,
+        description="Input sides must be a multiple of this.",
+    )
+    latent_shape: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        None,
+        description=(
+            "Per-sample shape of a latent input, e.g. [100, 1, 1]; required when input_kind is latent, and "
+            "only then."
+        ),
+    )
+    default_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        64,
+        description="Image input side used for export, MACs and speed when none is given.",
+    )
 
 
 class ModelConfig(_Strict):
@@ -49,9 +84,24 @@ class ModelConfig(_Strict):
     ``spec`` describes a custom class's inputs and outputs.
     """
 
-    arch: Annotated[str, Field(min_length=1)]
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    spec: SpecConfig | None = None
+    arch: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description=(
+                "A built-in architecture (`imgcompress inspect --archs` lists them), `spandrel`, or "
+                "`package.module:Class` importable in your environment."
+            ),
+        ),
+    ]
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Constructor arguments; for built-ins they override what is inferred from the tensor shapes.",
+    )
+    spec: SpecConfig | None = Field(
+        None,
+        description="The input/output convention of a custom class; for a built-in, replaces its own.",
+    )
 
 
 class DataConfig(_Strict):
@@ -62,70 +112,217 @@ class DataConfig(_Strict):
     ``images`` kept apart from calibration. ``task`` overrides the model's (e.g. ``denoise``).
     """
 
-    images: str | None = None
-    eval_images: str | None = None
-    task: Literal["auto", "sr", "denoise", "translate", "generate"] = "auto"
-    noise_sigma: Annotated[float, Field(gt=0, le=1)] = 0.1
-    crop: Annotated[int, Field(ge=8, le=4096)] = 96
-    eval_crop: Annotated[int, Field(ge=8, le=4096)] | None = None
-    max_eval_side: Annotated[int, Field(ge=8, le=8192)] = 512
-    calibration_samples: Annotated[int, Field(ge=1, le=4096)] = 32
-    eval_samples: Annotated[int, Field(ge=1, le=4096)] = 8
-    seed: int = 0
+    images: str | None = Field(
+        None,
+        description=(
+            "Folder of images (PNG/JPEG/BMP/TIFF/WebP) for calibration, and for evaluation unless eval_images "
+            "is set; a relative path is taken from the current directory. Unset: the small set bundled with "
+            "imgcompress."
+        ),
+    )
+    eval_images: str | None = Field(
+        None,
+        description=(
+            "A separate folder for evaluation. Unset: every other image of `images` (at most half, at most "
+            "eval_samples) is kept apart from calibration."
+        ),
+    )
+    task: Literal["auto", "sr", "denoise", "translate", "generate"] = Field(
+        "auto",
+        description="`auto`: the model's task. Otherwise overrides it, e.g. `denoise` for an image-to-image model.",
+    )
+    noise_sigma: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.1,
+        description="Standard deviation of the Gaussian noise added to [0, 1] pixels for `denoise`.",
+    )
+    crop: Annotated[int, Field(ge=8, le=4096)] = Field(
+        96,
+        description=(
+            "Side of the random calibration crops, in image pixels (for `sr`, of the high-resolution image); "
+            "rounded down to the size multiple."
+        ),
+    )
+    eval_crop: Annotated[int, Field(ge=8, le=4096)] | None = Field(
+        None,
+        description=(
+            "Side of the evaluation centre crop. Unset: max_eval_side for `sr`, the model's default size "
+            "otherwise."
+        ),
+    )
+    max_eval_side: Annotated[int, Field(ge=8, le=8192)] = Field(
+        512,
+        description="Largest evaluation crop side.",
+    )
+    calibration_samples: Annotated[int, Field(ge=1, le=4096)] = Field(
+        32,
+        description="Number of calibration inputs (random crops cycling over the calibration images, or latents).",
+    )
+    eval_samples: Annotated[int, Field(ge=1, le=4096)] = Field(
+        8,
+        description="Number of evaluation images (or latents).",
+    )
+    seed: int = Field(
+        0,
+        description=(
+            "Seeds crops, flips, noise and latents; evaluation latents use a stream disjoint from "
+            "calibration's."
+        ),
+    )
+
+
+class Budget(_Strict):
+    """Drift budget vs the original model's output, on the search inputs."""
+
+    min_psnr_db: float | None = Field(None, description="Lowest PSNR (dB) of the output vs the original's.")
+    min_ssim: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        None, description="Lowest SSIM of the output vs the original's."
+    )
+
+    @model_validator(mode="after")
+    def _some(self) -> "Budget":
+        if self.min_psnr_db is None and self.min_ssim is None:
+            raise ValueError("a budget needs min_psnr_db and/or min_ssim")
+        return self
 
 
 class Quantize(_Strict):
     """Post-training static int8 quantization of the exported ONNX graph (QDQ)."""
 
     kind: Literal["quantize"] = "quantize"
-    dtype: Literal["int8"] = "int8"
-    backend: Literal["onnxruntime", "nncf"] = "onnxruntime"
-    calibration: Literal["minmax", "percentile", "entropy"] = "percentile"
-    percentile: Annotated[float, Field(gt=90, le=100)] = 99.999
-    per_channel: bool = True
-    symmetric_activations: bool = False
-    op_types: list[str] | Literal["auto"] = "auto"
-    exclude: list[str] = Field(default_factory=list)
+    dtype: Literal["int8"] = Field("int8", description="Integer type of weights and activations.")
+    backend: Literal["onnxruntime", "nncf"] = Field(
+        "onnxruntime",
+        description="`onnxruntime` (its static QDQ quantizer) or `nncf`.",
+    )
+    calibration: Literal["minmax", "percentile", "entropy"] = Field(
+        "percentile",
+        description="How activation ranges are estimated (onnxruntime backend; nncf uses its own estimators).",
+    )
+    percentile: Annotated[float, Field(gt=90, le=100)] = Field(
+        99.999,
+        description="Percentile of activation values kept when calibration is `percentile`.",
+    )
+    per_channel: bool = Field(True, description="One weight scale per output channel (else one per tensor).")
+    symmetric_activations: bool = Field(
+        False,
+        description="Signed int8 activations with a zero point of 0 (else unsigned, asymmetric).",
+    )
+    op_types: list[str] | Literal["auto"] = Field(
+        "auto",
+        description="ONNX op types to quantize; `auto` = Conv, Gemm, MatMul (those faster in int8 on CPU).",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Node-name patterns (shell-style, e.g. `/tail/*`) kept in fp32; a pattern that matches no node is "
+            "an error."
+        ),
+    )
+    keep_ends_fp32: bool = Field(
+        True,
+        description="Keep the first and last compute layers (Conv/Gemm/MatMul) in fp32: they see raw pixels "
+        "and write the output.",
+    )
+    min_mac_share: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.002,
+        description="Keep in fp32 the layers with less than this share of the MACs (e.g. channel attention on "
+        "pooled maps): int8 gains nothing there.",
+    )
+    budget: Budget | None = Field(
+        None,
+        description="Drift budget vs the original's output; when set, the most damaging layers fall back to fp32 "
+        "until it is met on the search inputs.",
+    )
+    search: Literal["greedy"] = Field(
+        "greedy",
+        description="How the budget is met: `greedy` (sensitivity-ranked fallback, then bisection).",
+    )
+    search_samples: Annotated[int, Field(ge=1, le=1024)] = Field(
+        16,
+        description="How many calibration inputs the budget search scores on.",
+    )
 
 
 class Prune(_Strict):
     """Structured channel pruning (torch-pruning). Reserved: lands with issue #3."""
 
     kind: Literal["prune"] = "prune"
-    ratio: Annotated[float, Field(gt=0, lt=1)] | None = 0.5
-    target_macs: Annotated[float, Field(gt=0, lt=1)] | None = None
-    importance: Literal["l1", "l2", "taylor", "bn_scale", "lamp"] = "l2"
-    iterative_steps: Annotated[int, Field(ge=1, le=100)] = 1
-    round_to: Annotated[int, Field(ge=1, le=256)] | None = None
-    ignore: list[str] = Field(default_factory=list)
+    ratio: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        0.5,
+        description="Fraction of channels removed.",
+    )
+    target_macs: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        None,
+        description="Prune until the MACs are this fraction of the original's (instead of a fixed ratio).",
+    )
+    importance: Literal["l1", "l2", "taylor", "bn_scale", "lamp"] = Field(
+        "l2",
+        description="How channel importance is scored.",
+    )
+    iterative_steps: Annotated[int, Field(ge=1, le=100)] = Field(
+        1,
+        description="Reach the target in this many pruning steps.",
+    )
+    round_to: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        None,
+        description="Keep pruned channel counts multiples of this.",
+    )
+    ignore: list[str] = Field(default_factory=list, description="Layers (module names) never pruned.")
 
 
 class DistillLoss(_Strict):
-    pixel: Literal["l1", "l2", "charbonnier"] = "l1"
-    feature: Annotated[float, Field(ge=0)] = 0.0
-    ssim: Annotated[float, Field(ge=0)] = 0.0
+    pixel: Literal["l1", "l2", "charbonnier"] = Field(
+        "l1",
+        description="Pixel loss between student and teacher outputs.",
+    )
+    feature: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description="Weight of the feature-map loss (through 1x1 adapters); 0 turns it off.",
+    )
+    ssim: Annotated[float, Field(ge=0)] = Field(0.0, description="Weight of the SSIM loss; 0 turns it off.")
 
 
 class Distill(_Strict):
     """Knowledge distillation into a student. Reserved: lands with issue #4."""
 
     kind: Literal["distill"] = "distill"
-    student: Literal["pruned"] | ModelConfig = "pruned"
-    steps: Annotated[int, Field(ge=1)] = 1000
-    batch_size: Annotated[int, Field(ge=1)] = 16
-    lr: Annotated[float, Field(gt=0)] = 2e-4
-    loss: DistillLoss = Field(default_factory=DistillLoss)
-    ema: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    checkpoint_every: Annotated[int, Field(ge=1)] = 250
-    target_psnr: float | None = None
+    student: Literal["pruned"] | ModelConfig = Field(
+        "pruned",
+        description=(
+            "`pruned`: the model as the previous stages left it; or a model mapping (as `model:`) naming a "
+            "smaller student."
+        ),
+    )
+    steps: Annotated[int, Field(ge=1)] = Field(1000, description="Training steps.")
+    batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Inputs per step.")
+    lr: Annotated[float, Field(gt=0)] = Field(2e-4, description="Peak learning rate (cosine schedule).")
+    loss: DistillLoss = Field(default_factory=DistillLoss, description="The terms of the distillation loss.")
+    ema: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.999,
+        description="Decay of the exponential moving average of the student's weights.",
+    )
+    checkpoint_every: Annotated[int, Field(ge=1)] = Field(
+        250,
+        description="Steps between resumable checkpoints.",
+    )
+    target_psnr: float | None = Field(
+        None,
+        description="PSNR (dB) of the student vs the teacher at which training may stop early; unset: run all steps.",
+    )
 
 
 class Precision(_Strict):
     """fp16/bf16 graph with fp32 islands. Reserved: lands with issue #5."""
 
     kind: Literal["precision"] = "precision"
-    dtype: Literal["fp16", "bf16"] = "fp16"
-    keep_fp32: Literal["auto"] | list[str] = "auto"
+    dtype: Literal["fp16", "bf16"] = Field("fp16", description="Floating-point type of the graph.")
+    keep_fp32: Literal["auto"] | list[str] = Field(
+        "auto",
+        description=(
+            "`auto`: fp32 islands chosen by sensitivity against the drift budget; or node-name patterns kept "
+            "in fp32."
+        ),
+    )
 
 
 Stage = Annotated[Union[Prune, Distill, Quantize, Precision], Field(discriminator="kind")]
@@ -136,10 +333,16 @@ ONNX_STAGES = ("quantize", "precision")
 class ExportConfig(_Strict):
     """torch -> ONNX export (TorchScript exporter, dynamic batch and spatial axes)."""
 
-    opset: Annotated[int, Field(ge=17, le=21)] = 17
-    dynamic_batch: bool = True
-    dynamic_spatial: bool = True
-    tolerance: Annotated[float, Field(gt=0)] = 1e-3
+    opset: Annotated[int, Field(ge=17, le=21)] = Field(17, description="ONNX opset version.")
+    dynamic_batch: bool = Field(True, description="The batch axis of the graph is dynamic.")
+    dynamic_spatial: bool = Field(True, description="Height and width of image inputs are dynamic.")
+    tolerance: Annotated[float, Field(gt=0)] = Field(
+        1e-3,
+        description=(
+            "Largest allowed difference between ONNX and torch outputs, as a fraction of the output range; "
+            "above it the export fails."
+        ),
+    )
 
 
 class ValidateConfig(_Strict):
@@ -147,33 +350,89 @@ class ValidateConfig(_Strict):
     model's default); ``batch``: the batch for speed; ``threads``: intra-op threads for
     torch and onnxruntime alike (none = all cores)."""
 
-    warmup: Annotated[int, Field(ge=0, le=100)] = 3
-    repeats: Annotated[int, Field(ge=3, le=1000)] = 20
-    threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    batch: Annotated[int, Field(ge=1, le=256)] = 1
-    size: Annotated[int, Field(ge=8, le=4096)] | None = None
+    warmup: Annotated[int, Field(ge=0, le=100)] = Field(
+        3,
+        description="Untimed runs of each model before timing.",
+    )
+    repeats: Annotated[int, Field(ge=3, le=1000)] = Field(
+        20,
+        description="Timed runs of each model, interleaved across models; latency is their median (and p90).",
+    )
+    threads: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        None,
+        description="Intra-op threads for torch and onnxruntime alike. Unset: all cores.",
+    )
+    batch: Annotated[int, Field(ge=1, le=256)] = Field(1, description="Batch of the speed input.")
+    size: Annotated[int, Field(ge=8, le=4096)] | None = Field(
+        None,
+        description="Image input side for speed. Unset: the model's default size.",
+    )
 
 
 class GateConfig(_Strict):
     """Thresholds on the final artifact; a missing threshold is not checked."""
 
-    min_psnr: float | None = None
-    min_ssim: Annotated[float, Field(ge=-1, le=1)] | None = None
-    max_gt_psnr_drop: float | None = None
-    min_speedup: Annotated[float, Field(gt=0)] | None = None
+    min_psnr: float | None = Field(
+        None,
+        description="Lowest PSNR (dB) of the final artifact's output vs the original's output.",
+    )
+    min_ssim: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        None,
+        description="Lowest SSIM of the final artifact's output vs the original's output.",
+    )
+    max_gt_psnr_drop: float | None = Field(
+        None,
+        description=(
+            "Largest drop (dB) of PSNR vs ground truth, original minus final; only for tasks with ground "
+            "truth (sr, denoise)."
+        ),
+    )
+    min_speedup: Annotated[float, Field(gt=0)] | None = Field(
+        None,
+        description="Lowest speedup of the final artifact vs the original in onnxruntime fp32.",
+    )
+
+
+def _stage_error(index: int, message: str) -> PydanticCustomError:
+    """An error about stage ``index``; `parse_recipe` puts the index into the location."""
+    return PydanticCustomError("stage", message, {"stage_index": index})
 
 
 class Recipe(_Strict):
     """A whole recipe. Only ``stages`` is required."""
 
-    version: Literal[1] = 1
-    name: str | None = None
-    model: ModelConfig | None = None
-    data: DataConfig = Field(default_factory=DataConfig)
-    stages: Annotated[list[Stage], Field(min_length=1)]
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
-    gate: GateConfig = Field(default_factory=GateConfig)
+    version: Literal[1] = Field(1, description="Recipe format version.")
+    name: str | None = Field(None, description="A label for the report.")
+    model: ModelConfig | None = Field(
+        None,
+        description="How to build the generator when the checkpoint does not say.",
+    )
+    data: DataConfig = Field(
+        default_factory=DataConfig,
+        description="Calibration and evaluation inputs.",
+    )
+    stages: Annotated[
+        list[Stage],
+        Field(
+            min_length=1,
+            description=(
+                "What to do, in order: torch stages (prune, distill) before graph stages (quantize, precision)."
+            ),
+        ),
+    ]
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="torch -> ONNX export.",
+    )
+    validate_: ValidateConfig = Field(
+        default_factory=ValidateConfig,
+        alias="validate",
+        description="How speed is measured.",
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="Quality thresholds on the final artifact.",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -187,34 +446,31 @@ class Recipe(_Strict):
             if isinstance(item, str) and item in STAGE_NAMES:
                 item = {item: {}}
             if not isinstance(item, dict) or len(item) != 1:
-                raise ValueError(
-                    f"stage {i} must be a mapping with one key, the stage name "
-                    f"({', '.join(STAGE_NAMES)}), e.g. '- quantize: {{calibration: percentile}}'"
-                )
+                raise _stage_error(i, "a stage must be a mapping with one key, the stage name "
+                                   f"({', '.join(STAGE_NAMES)}), e.g. '- quantize: {{calibration: percentile}}'")
             (name, body), = item.items()
             if name not in STAGE_NAMES:
-                raise ValueError(f"stage {i}: unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+                raise _stage_error(i, f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
             if body is None:
                 body = {}
             if not isinstance(body, dict):
-                raise ValueError(f"stage {i} ({name}): its options must be a mapping, got {type(body).__name__}")
+                raise _stage_error(i, f"the options of '{name}' must be a mapping, got {type(body).__name__}")
             if "kind" in body:
-                raise ValueError(f"stage {i} ({name}): 'kind' is set by the stage key; remove it")
+                raise _stage_error(i, f"'kind' is set by the stage key '{name}'; remove it")
             out.append({**body, "kind": name})
         return out
 
-    @model_validator(mode="after")
-    def _order(self) -> "Recipe":
+    @field_validator("stages", mode="after")
+    @classmethod
+    def _order(cls, stages: list[Any]) -> list[Any]:
         seen_onnx = None
-        for i, st in enumerate(self.stages):
+        for i, st in enumerate(stages):
             if st.kind in ONNX_STAGES:
                 seen_onnx = seen_onnx or st.kind
             elif seen_onnx:
-                raise ValueError(
-                    f"stage {i} ({st.kind}) comes after {seen_onnx}: torch stages (prune, distill) "
-                    "must come before graph stages (quantize, precision)"
-                )
-        return self
+                raise _stage_error(i, f"'{st.kind}' comes after '{seen_onnx}': torch stages (prune, distill) "
+                                   "must come before graph stages (quantize, precision)")
+        return stages
 
     @property
     def validate_config(self) -> ValidateConfig:
@@ -241,6 +497,8 @@ def _yaml_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
                         nxt = v
             if nxt is None:
                 return line
+            if part is loc[-1] and nxt is not None and k.value == str(part):
+                return line  # the key itself (its value may start on the next line)
             node = nxt
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
@@ -273,6 +531,8 @@ def parse_recipe(text: str, *, source: str = "<recipe>") -> Recipe:
     except ValidationError as e:
         err = e.errors()[0]
         loc = tuple(err["loc"])
+        if "stage_index" in (err.get("ctx") or {}):
+            loc = loc + (err["ctx"]["stage_index"],)
         # pydantic appends the union tag of a stage ("quantize") to the location; keep it,
         # it reads like the YAML (stages.0.quantize.calibration).
         line = _yaml_line(root, loc)

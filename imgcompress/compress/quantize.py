@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import io
 import logging
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -23,25 +25,36 @@ import torch
 
 from ..errors import RecipeError
 from ..recipe import Quantize
+from ..models.spec import Generator
 from .base import StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 # Op types whose int8 kernels are faster than fp32 on onnxruntime's CPU execution provider.
 AUTO_OP_TYPES = ("Conv", "Gemm", "MatMul")
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 BATCH = 8
+
+
+class _DropPreprocessHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
 
 
 @contextlib.contextmanager
 def _in_tempdir() -> Iterator[Path]:
-    """onnxruntime's quantizer drops temp files in the cwd; keep them out of the user's."""
+    """onnxruntime's quantizer drops temp files in the cwd (keep them out of the user's) and
+    logs a hint about its pre-processing on the root logger every call (drop it)."""
     old = os.getcwd()
+    hint = _DropPreprocessHint()
+    logging.getLogger().addFilter(hint)
     with tempfile.TemporaryDirectory(prefix="imgcompress-q-") as d:
         os.chdir(d)
         try:
             yield Path(d)
         finally:
             os.chdir(old)
+            logging.getLogger().removeFilter(hint)
 
 
 def _batches(calibration: list[torch.Tensor]) -> list[np.ndarray]:
@@ -63,6 +76,68 @@ def _excluded(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
     return hit
 
 
+def node_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """MACs of each compute node (Conv, ConvTranspose, Gemm, MatMul) at ``input_shape``.
+
+    Shapes come from ONNX shape inference on a copy whose input is fixed to ``input_shape``;
+    a node whose shapes cannot be inferred is left out.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, input_shape):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # onnx raises assorted errors on graphs it cannot infer
+        return {}
+    shapes: dict[str, list[int]] = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
+        dd = vi.type.tensor_type.shape.dim
+        if dd and all(d.HasField("dim_value") for d in dd):
+            shapes[vi.name] = [d.dim_value for d in dd]
+    for init in m.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    out: dict[str, int] = {}
+    for n in m.graph.node:
+        if n.op_type not in COMPUTE_OPS or len(n.input) < 2:
+            continue
+        y, w = shapes.get(n.output[0]), shapes.get(n.input[1])
+        x = shapes.get(n.input[0])
+        if y is None or w is None:
+            continue
+        if n.op_type == "Conv":
+            out[n.name] = int(np.prod(y)) * int(np.prod(w[1:]))
+        elif n.op_type == "ConvTranspose" and x is not None:
+            out[n.name] = int(np.prod(x)) * int(np.prod(w[1:]))
+        elif n.op_type in ("Gemm", "MatMul") and x is not None:
+            out[n.name] = int(np.prod(y)) * int(x[-1])
+    return out
+
+
+def auto_fp32_nodes(model: onnx.ModelProto, input_shape: tuple[int, ...], *, ends: bool, min_share: float) -> dict[str, str]:
+    """Compute nodes that stay fp32 by the generator-aware defaults, with the reason.
+
+    - ``ends``: the first and last compute nodes (they see raw pixels/latents and produce
+      the output: int8 error there is not averaged out by later layers);
+    - ``min_share``: nodes with less than this share of the graph's MACs (e.g. channel
+      attention on pooled 1×1 maps) gain nothing from int8 and only add error.
+    """
+    compute = [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    keep: dict[str, str] = {}
+    if ends and len(compute) > 2:
+        keep[compute[0]] = "first layer"
+        keep[compute[-1]] = "last layer"
+    macs = node_macs(model, input_shape)
+    total = sum(macs.values())
+    if total and min_share > 0:
+        for name, m in macs.items():
+            if name not in keep and m / total < min_share:
+                keep[name] = f"{100 * m / total:.3f}% of MACs"
+    return keep
+
+
 def quantized_op_counts(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
     """Per op type: how many nodes there are and how many take a dequantized (int8) weight/input."""
     dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -77,83 +152,121 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
     return {op: {"nodes": total[op], "int8": q[op]} for op in sorted(total)}
 
 
-def _ort_quantize(src: Path, dst: Path, batches: list[np.ndarray], cfg: Quantize, exclude: list[str], op_types: list[str]) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+class Quantizer:
+    """Quantizes one fp32 graph with the stage's backend and settings."""
 
-    input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    def __init__(self, src: Path, batches: list[np.ndarray], cfg: Quantize, op_types: list[str]):
+        self.src, self.batches, self.cfg, self.op_types = src.resolve(), batches, cfg, op_types
+        self.input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(batches)
+    def quantize(self, dst: Path, *, exclude: list[str] = ()) -> Path:
+        """Write the int8 graph to ``dst`` (atomically), ``exclude``d nodes left in fp32."""
+        dst = dst.resolve()  # the quantizers run in a temp dir: relative paths would land there
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp.onnx")
+        try:
+            if self.cfg.backend == "onnxruntime":
+                self._ort(tmp, list(exclude))
+            else:
+                self._nncf(tmp, list(exclude))
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dst
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            b = next(self._it, None)
-            return None if b is None else {input_name: b}
+    def _ort(self, dst: Path, exclude: list[str]) -> None:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[cfg.calibration]
-    extra = {"ActivationSymmetric": cfg.symmetric_activations}
-    if cfg.calibration == "percentile":
-        extra["CalibPercentile"] = cfg.percentile
-    with _in_tempdir():
-        quantize_static(
-            str(src), str(dst), Reader(),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
-            per_channel=cfg.per_channel,
-            activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
-            calibrate_method=method,
-            extra_options=extra,
-        )
+        batches, name, cfg = self.batches, self.input_name, self.cfg
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it = iter(batches)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                b = next(self._it, None)
+                return None if b is None else {name: b}
+
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                  "entropy": CalibrationMethod.Entropy}[cfg.calibration]
+        extra: dict[str, object] = {"ActivationSymmetric": cfg.symmetric_activations}
+        if cfg.calibration == "percentile":
+            extra["CalibPercentile"] = cfg.percentile
+        with _in_tempdir(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
+            quantize_static(
+                str(self.src), str(dst), Reader(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=self.op_types,
+                per_channel=cfg.per_channel,
+                activation_type=QuantType.QInt8 if cfg.symmetric_activations else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                calibrate_method=method,
+                extra_options=extra,
+            )
+
+    def _nncf(self, dst: Path, exclude: list[str]) -> None:
+        os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+        import nncf
+
+        model = onnx.load(str(self.src))
+        samples = [{self.input_name: b[i:i + 1]} for b in self.batches for i in range(b.shape[0])]
+        kwargs: dict[str, object] = {"subset_size": len(samples)}
+        if exclude:
+            kwargs["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
+        if self.cfg.calibration != "minmax":
+            log.info("nncf backend: calibration %r is onnxruntime's; nncf uses its own range estimators", self.cfg.calibration)
+        with _in_tempdir():
+            q = nncf.quantize(model, nncf.Dataset(samples), **kwargs)
+        onnx.save(q, str(dst))
 
 
-def _nncf_quantize(src: Path, dst: Path, batches: list[np.ndarray], cfg: Quantize, exclude: list[str]) -> None:
-    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
-    import nncf
-
-    model = onnx.load(str(src))
-    input_name = model.graph.input[0].name
-    samples = [{input_name: b[i:i + 1]} for b in batches for i in range(b.shape[0])]
-    ignored = nncf.IgnoredScope(names=exclude) if exclude else None
-    kwargs = {"subset_size": len(samples)}
-    if ignored is not None:
-        kwargs["ignored_scope"] = ignored
-    if cfg.calibration != "minmax":
-        log.info("nncf backend: calibration %r is onnxruntime's; nncf uses its own range estimators", cfg.calibration)
-    with _in_tempdir():
-        q = nncf.quantize(model, nncf.Dataset(samples), **kwargs)
-    onnx.save(q, str(dst))
+def _precision(counts: dict[str, dict[str, int]]) -> str:
+    q = sum(c["int8"] for c in counts.values())
+    compute = sum(c["nodes"] for op, c in counts.items() if op in COMPUTE_OPS)
+    computed_int8 = sum(c["int8"] for op, c in counts.items() if op in COMPUTE_OPS)
+    if q == 0:
+        return "fp32"
+    return "int8" if computed_int8 == compute else "int8+fp32"
 
 
-def run(generator, ctx: StageContext, cfg: Quantize, *, out: Path) -> StageResult:
+def run(generator: Generator, ctx: StageContext, cfg: Quantize, *, out: Path) -> StageResult:
     """Quantize the graph at ``ctx.onnx_path`` into ``out``."""
     if ctx.onnx_path is None:
         raise RuntimeError("quantize needs the exported fp32 graph in ctx.onnx_path")
     src = ctx.onnx_path
     model = onnx.load(str(src))
     exclude = _excluded(model, cfg.exclude)
+    auto = auto_fp32_nodes(model, tuple(ctx.inputs.calibration[0].shape), ends=cfg.keep_ends_fp32,
+                           min_share=cfg.min_mac_share)
+    exclude += [n for n in auto if n not in exclude]
     op_types = list(AUTO_OP_TYPES) if cfg.op_types == "auto" else list(cfg.op_types)
-    batches = _batches(ctx.inputs.calibration)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.onnx")
-    try:
-        if cfg.backend == "onnxruntime":
-            _ort_quantize(src, tmp, batches, cfg, exclude, op_types)
-        else:
-            _nncf_quantize(src, tmp, batches, cfg, exclude)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    counts = quantized_op_counts(onnx.load(str(out)))
-    info = {
+    eligible = [n.name for n in model.graph.node if n.op_type in op_types and n.name not in exclude]
+    info: dict[str, object] = {
         "backend": cfg.backend,
         "calibration": cfg.calibration if cfg.backend == "onnxruntime" else "nncf-default",
         "calibration_samples": len(ctx.inputs.calibration),
         "per_channel": cfg.per_channel,
         "op_types": op_types if cfg.backend == "onnxruntime" else "nncf-default",
-        "excluded_nodes": exclude,
-        "ops": counts,
+        "kept_fp32_by_default": auto,
     }
-    return StageResult(generator, out, "int8", info)
+    if cfg.backend == "onnxruntime" and not eligible:
+        # e.g. a DCGAN: all ConvTranspose, which onnxruntime's CPU path runs slower in int8
+        present = sorted({n.op_type for n in model.graph.node if n.op_type in COMPUTE_OPS})
+        info["skipped"] = (f"no node to quantize: the graph's compute ops ({', '.join(present) or 'none'}) are "
+                           f"not in op_types ({', '.join(op_types)}) or are kept fp32; the graph stays fp32")
+        log.warning("quantize: %s", info["skipped"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out)
+    elif cfg.budget is None:
+        Quantizer(src, _batches(ctx.inputs.calibration), cfg, op_types).quantize(out, exclude=exclude)
+    else:
+        from .search import budget_search
+
+        quantizer = Quantizer(src, _batches(ctx.inputs.calibration), cfg, op_types)
+        info["search"] = budget_search(quantizer, model, ctx, cfg, exclude=exclude, out=out)
+        exclude = exclude + [r["node"] for r in info["search"]["fallback"]]
+    counts = quantized_op_counts(onnx.load(str(out)))
+    info["excluded_nodes"] = exclude
+    info["ops"] = counts
+    return StageResult(generator, out, _precision(counts), info)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import onnx
 import torch
 
 from ..errors import ExportError
+from ..files import temp_beside
 from ..models.spec import Generator
 from . import runtime
 
@@ -60,8 +60,7 @@ def export_onnx(
         dynamic[0] = "batch"
     if spec.input_kind == "image" and dynamic_spatial:
         dynamic.update({2: "height", 3: "width"})
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp.onnx", dir=p.parent)
-    os.close(fd)
+    tmp = temp_beside(p, ".tmp.onnx")
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -101,7 +100,14 @@ def check_against_torch(
     with torch.no_grad():
         for x in inputs:
             ref = generator.module(x)
-            got = runtime.run(sess, x)
+            try:
+                got = runtime.run(sess, x)
+            except Exception as e:  # onnxruntime raises its own Fail/RuntimeException types
+                raise ExportError(
+                    f"the ONNX graph does not run on an input of shape {tuple(x.shape)} ({type(e).__name__}: "
+                    f"{str(e).strip().splitlines()[0][:160]}); the model may bake its input size into the graph — "
+                    "set export.dynamic_spatial: false and validate.size to the size it takes"
+                ) from None
             if got.shape != ref.shape:
                 raise ExportError(f"ONNX output shape {tuple(got.shape)} != torch {tuple(ref.shape)} for input {tuple(x.shape)}")
             worst = max(worst, float((got - ref).abs().max()))

@@ -20,7 +20,7 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
 
 
-def session(path: str | Path, *, threads: int | None = None, provider: str | None = None) -> ort.InferenceSession:
+def session(path: str | Path | bytes, *, threads: int | None = None, provider: str | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -28,7 +28,8 @@ def session(path: str | Path, *, threads: int | None = None, provider: str | Non
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     prov = [provider] if provider else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=prov)
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=opts, providers=prov)
 
 
 def run(sess: ort.InferenceSession, x: torch.Tensor) -> torch.Tensor:

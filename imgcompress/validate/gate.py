@@ -5,8 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..errors import UsageError
 from ..recipe import GateConfig
+
+FLAGS = {"min_psnr": "--min-psnr", "min_ssim": "--min-ssim", "max_gt_psnr_drop": "--max-gt-psnr-drop",
+         "min_speedup": "--min-speedup"}
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,21 @@ def check_gate(report: dict[str, Any], gate: GateConfig) -> dict[str, Any]:
     }
 
 
-def merge_gate(base: GateConfig, **overrides: float | None) -> GateConfig:
-    """The recipe's gate with CLI flags (when given) taking precedence."""
-    data = base.model_dump()
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return GateConfig.model_validate(data)
+def merge_gate(base: GateConfig | None = None, **overrides: float | None) -> GateConfig:
+    """The recipe's gate with CLI flags (when given) taking precedence.
+
+    An out-of-range flag raises `UsageError` naming the flag (``--min-ssim 5: ...``).
+    """
+    data = base.model_dump() if base is not None else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = [k for k in given if k not in FLAGS]
+    if unknown:
+        raise UsageError(f"unknown gate threshold {unknown[0]!r}; use one of {', '.join(FLAGS)}")
+    data.update(given)
+    try:
+        return GateConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "?"
+        flag = FLAGS.get(name, name)
+        raise UsageError(f"{flag} {data.get(name)}: {err['msg'].lower()}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,18 +57,6 @@ class Report:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA or "artifacts" not in data or "original" not in data:
             raise UsageError(f"{p}: not an imgcompress report (schema {SCHEMA}); pass the report.json that apply wrote")
         return cls(data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:

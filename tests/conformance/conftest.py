@@ -15,5 +15,5 @@ def shared_dir() -> Path:
         pytest.skip("IMGCOMPRESS_SHARED is not set: conformance tests need ../shared")
     path = Path(value)
     if not (path / "checkpoints").is_dir():
-        pytest.skip(f"IMGCOMPRESS_SHARED={value} has no checkpoints/ folder")
+        pytest.fail(f"IMGCOMPRESS_SHARED={value} has no checkpoints/ folder; point it at ../shared")
     return path

@@ -1,0 +1,319 @@
+"""Calibration and evaluation inputs: per task, in the model's convention, disjoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.color import rgb2ycbcr
+
+from imgcompress.data import make_inputs, resolve_task, rgb_to_y, to_gray
+from imgcompress.errors import DataError
+from imgcompress.models.spec import GeneratorSpec
+from imgcompress.recipe import DataConfig
+
+
+def _textured(w: int, h: int, seed: int) -> np.ndarray:
+    """A smooth gradient plus noise: structure for bicubic, detail for the noise checks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], axis=-1) * 200 + 20
+    return np.clip(base + rng.normal(0, 15, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def _write(folder: Path, n: int, size: tuple[int, int] = (70, 50), *, start: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        p = folder / f"img{i:02d}.png"
+        Image.fromarray(_textured(*size, seed=i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _write_flat(folder: Path, n: int, size: int = 40) -> dict[int, str]:
+    """Images of one colour each, so any crop of one tells which file it came from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_value = {}
+    for i in range(n):
+        value = 20 + 30 * i
+        Image.new("RGB", (size, size), (value, value, value)).save(folder / f"flat{i}.png")
+        by_value[value] = f"flat{i}.png"
+    return by_value
+
+
+def _source(x: torch.Tensor, by_value: dict[int, str]) -> str:
+    values = torch.unique(torch.round(x * 255).to(torch.int64))
+    assert values.numel() == 1, "a crop of a flat image must be flat"
+    return by_value[int(values)]
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x[0].permute(1, 2, 0).double().numpy()
+
+
+# --- colour conversion ----------------------------------------------------------------------
+
+
+def test_y_matches_skimage() -> None:
+    rgb = np.random.default_rng(0).random((17, 23, 3))
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    ours = rgb_to_y(x)[0, 0].double().numpy()
+    np.testing.assert_allclose(ours, rgb2ycbcr(rgb)[..., 0] / 255, atol=1e-5)
+    assert rgb_to_y(torch.zeros(1, 3, 1, 1)).item() == pytest.approx(16 / 255)
+    assert rgb_to_y(torch.ones(1, 3, 1, 1)).item() == pytest.approx(235 / 255, abs=1e-5)
+
+
+def test_gray_is_full_range_luma() -> None:
+    x = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert to_gray(x).item() == pytest.approx(0.299)
+    assert to_gray(torch.ones(1, 3, 2, 2)).flatten().tolist() == pytest.approx([1.0] * 4)
+
+
+# --- super-resolution pairs -----------------------------------------------------------------------
+
+
+def test_sr_pairs_are_pil_bicubic_of_the_ground_truth(tmp_path: Path) -> None:
+    files = _write(tmp_path / "imgs", 4, size=(70, 50))
+    spec = GeneratorSpec(task="sr", scale=3)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=2, calibration_samples=3, crop=32))
+    assert inputs.task == "sr" and len(inputs.evaluation) == 2
+    for s in inputs.evaluation:
+        hr = Image.open(tmp_path / "imgs" / s.name).convert("RGB").crop((0, 0, 69, 48))  # sides down to multiples of 3
+        lr = hr.resize((23, 16), Image.BICUBIC)
+        assert s.target is not None and s.target.shape == (1, 3, 48, 69)
+        assert s.input.shape == (1, 3, 16, 23)
+        np.testing.assert_allclose(_np(s.target), np.asarray(hr) / 255.0, atol=1e-6)
+        np.testing.assert_allclose(_np(s.input), np.asarray(lr) / 255.0, atol=1e-6)
+    assert {s.name for s in inputs.evaluation} <= {f.name for f in files}
+    # calibration: LR crops of one shape (crop 32 -> 30, a multiple of 3 -> LR 10)
+    assert len(inputs.calibration) == 3
+    assert all(x.shape == (1, 3, 10, 10) for x in inputs.calibration)
+
+
+def test_sr_target_in_output_range_and_color(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 2, size=(40, 36))
+    spec = GeneratorSpec(task="sr", scale=2, color="y", input_range=(0.0, 255.0), output_range=(-1.0, 1.0))
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=1))
+    (s,) = inputs.evaluation
+    hr = np.asarray(Image.open(tmp_path / "imgs" / s.name).convert("RGB")) / 255.0
+    lr = np.asarray(Image.open(tmp_path / "imgs" / s.name).convert("RGB").resize((20, 18), Image.BICUBIC)) / 255.0
+    y_hr = rgb2ycbcr(hr)[..., 0] / 255.0
+    y_lr = rgb2ycbcr(lr)[..., 0] / 255.0
+    assert s.target is not None and s.target.shape == (1, 1, 36, 40) and s.input.shape == (1, 1, 18, 20)
+    np.testing.assert_allclose(s.target[0, 0].double().numpy(), y_hr * 2 - 1, atol=1e-5)
+    np.testing.assert_allclose(s.input[0, 0].double().numpy(), y_lr * 255, atol=1e-3)
+    assert inputs.calibration[0].shape[1] == 1 and float(inputs.calibration[0].max()) > 1.5  # input range 0..255
+
+
+def test_sr_sides_follow_scale_times_size_multiple(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 2, size=(61, 45))
+    spec = GeneratorSpec(task="sr", scale=2, size_multiple=4)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=2, crop=30))
+    (s,) = inputs.evaluation
+    assert s.target is not None and s.target.shape[-2:] == (40, 56)  # multiples of 8
+    assert s.input.shape[-2:] == (20, 28)  # multiples of size_multiple
+    assert all(x.shape[-2:] == (12, 12) for x in inputs.calibration)  # crop 30 -> 24 -> LR 12
+
+
+# --- denoise, translate, generate -----------------------------------------------------------------
+
+
+def test_denoise_noise_has_the_configured_sigma(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 6, size=(64, 64))
+    spec = GeneratorSpec(task="denoise", default_size=64)
+    cfg = DataConfig(images=str(tmp_path / "imgs"), noise_sigma=0.07, eval_samples=3, calibration_samples=2, seed=11)
+    inputs = make_inputs(spec, cfg)
+    noise = torch.cat([(s.input - s.target).flatten() for s in inputs.evaluation if s.target is not None]).double()
+    assert noise.numel() == 3 * 3 * 64 * 64
+    assert float(noise.std()) == pytest.approx(0.07, rel=0.03)
+    assert abs(float(noise.mean())) < 4 * 0.07 / noise.numel() ** 0.5
+    # the clean image is the ground truth, unchanged
+    s = inputs.evaluation[0]
+    clean = np.asarray(Image.open(tmp_path / "imgs" / s.name).convert("RGB")) / 255.0
+    np.testing.assert_allclose(_np(s.target), clean, atol=1e-6)
+    # independent per image
+    a, b = (inputs.evaluation[i].input - inputs.evaluation[i].target for i in (0, 1))
+    assert abs(float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])) < 0.05
+
+
+def test_denoise_is_seeded(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 2, size=(32, 32))
+    spec = GeneratorSpec(task="denoise", default_size=32)
+    cfg = DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=2, crop=16)
+    one, two = make_inputs(spec, cfg), make_inputs(spec, cfg)
+    other = make_inputs(spec, cfg.model_copy(update={"seed": 1}))
+    assert torch.equal(one.evaluation[0].input, two.evaluation[0].input)
+    assert all(torch.equal(a, b) for a, b in zip(one.calibration, two.calibration))
+    assert not torch.equal(one.evaluation[0].input, other.evaluation[0].input)
+
+
+def test_denoise_can_be_chosen_for_an_image_model(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 2, size=(32, 32))
+    spec = GeneratorSpec(task="translate", default_size=32)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), task="denoise", eval_samples=1,
+                                          calibration_samples=1))
+    assert inputs.task == "denoise" and inputs.evaluation[0].target is not None
+
+
+def test_translate_has_no_target(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 3, size=(50, 40))
+    spec = GeneratorSpec(task="translate", input_range=(-1.0, 1.0), default_size=32)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=2))
+    (s,) = inputs.evaluation
+    assert s.target is None
+    assert s.input.shape == (1, 3, 32, 32)  # centre crop at the model's default size
+    im = np.asarray(Image.open(tmp_path / "imgs" / s.name).convert("RGB"))[4:36, 9:41] / 255.0
+    np.testing.assert_allclose(_np(s.input), im * 2 - 1, atol=1e-5)
+
+
+def test_latents_are_seeded_and_disjoint() -> None:
+    spec = GeneratorSpec(task="generate", input_kind="latent", latent_shape=(16, 1, 1))
+    cfg = DataConfig(calibration_samples=5, eval_samples=3, seed=4)
+    a, b = make_inputs(spec, cfg), make_inputs(spec, cfg)
+    assert a.task == "generate"
+    assert len(a.calibration) == 5 and len(a.evaluation) == 3
+    assert all(x.shape == (1, 16, 1, 1) for x in a.calibration + [s.input for s in a.evaluation])
+    assert all(s.target is None for s in a.evaluation)
+    assert all(torch.equal(x, y) for x, y in zip(a.calibration, b.calibration))
+    assert all(torch.equal(x.input, y.input) for x, y in zip(a.evaluation, b.evaluation))
+    everything = a.calibration + [s.input for s in a.evaluation]
+    assert len({tuple(x.flatten().tolist()) for x in everything}) == len(everything)
+    c = make_inputs(spec, cfg.model_copy(update={"seed": 5}))
+    assert not torch.equal(a.calibration[0], c.calibration[0]) and not torch.equal(a.evaluation[0].input, c.evaluation[0].input)
+    z = torch.cat(everything + c.calibration).flatten()
+    assert abs(float(z.mean())) < 0.3 and float(z.std()) == pytest.approx(1.0, rel=0.2)
+
+
+# --- which files go where ---------------------------------------------------------------------------
+
+
+def test_calibration_and_evaluation_share_no_file(tmp_path: Path) -> None:
+    by_value = _write_flat(tmp_path / "imgs", 6)
+    spec = GeneratorSpec(task="translate", default_size=32)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=2, calibration_samples=12, crop=16))
+    eval_files = {s.name for s in inputs.evaluation}
+    calib_files = {_source(x, by_value) for x in inputs.calibration}
+    assert len(eval_files) == 2
+    assert not eval_files & calib_files
+    assert calib_files == set(by_value.values()) - eval_files  # the rest is used for calibration
+    for s in inputs.evaluation:
+        assert _source(s.input, by_value) == s.name
+
+
+@pytest.mark.parametrize(("n_files", "eval_samples", "n_eval"), [(2, 8, 1), (5, 8, 2), (6, 1, 1), (9, 3, 3)])
+def test_evaluation_takes_at_most_half(tmp_path: Path, n_files: int, eval_samples: int, n_eval: int) -> None:
+    by_value = _write_flat(tmp_path / "imgs", n_files)
+    spec = GeneratorSpec(task="translate", default_size=16)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=eval_samples,
+                                          calibration_samples=2 * n_files, crop=16))
+    eval_files = {s.name for s in inputs.evaluation}
+    assert len(eval_files) == n_eval
+    assert {_source(x, by_value) for x in inputs.calibration} == set(by_value.values()) - eval_files
+
+
+def test_eval_images_folder_is_used_for_evaluation_only(tmp_path: Path) -> None:
+    by_value = _write_flat(tmp_path / "calib", 3)
+    _write(tmp_path / "eval", 4, size=(40, 40), start=50)
+    spec = GeneratorSpec(task="translate", default_size=32)
+    cfg = DataConfig(images=str(tmp_path / "calib"), eval_images=str(tmp_path / "eval"), eval_samples=2,
+                     calibration_samples=6, crop=16)
+    inputs = make_inputs(spec, cfg)
+    assert [s.name for s in inputs.evaluation] == ["img50.png", "img51.png"]
+    assert {_source(x, by_value) for x in inputs.calibration} == set(by_value.values())  # every image calibrates
+    assert str(tmp_path / "eval") in inputs.description["evaluation"]
+
+
+def test_eval_images_same_as_images_still_splits(tmp_path: Path) -> None:
+    by_value = _write_flat(tmp_path / "imgs", 4)
+    spec = GeneratorSpec(task="translate", default_size=16)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_images=str(tmp_path / "imgs" / "."),
+                                          eval_samples=2, calibration_samples=8, crop=16))
+    eval_files = {s.name for s in inputs.evaluation}
+    assert not eval_files & {_source(x, by_value) for x in inputs.calibration}
+
+
+def test_relative_folders_resolve_against_base_dir(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 2, size=(32, 32))
+    spec = GeneratorSpec(task="translate", default_size=16)
+    inputs = make_inputs(spec, DataConfig(images="imgs", eval_samples=1, calibration_samples=1), base_dir=tmp_path)
+    assert inputs.evaluation[0].name in {"img00.png", "img01.png"}
+
+
+def test_bundled_images_by_default() -> None:
+    spec = GeneratorSpec(task="sr", scale=2)
+    inputs = make_inputs(spec, DataConfig(eval_samples=2, calibration_samples=2, max_eval_side=64))
+    assert len(inputs.evaluation) == 2 and all(s.target is not None for s in inputs.evaluation)
+    assert all(s.target.shape[-2:] == (64, 64) for s in inputs.evaluation if s.target is not None)
+
+
+# --- errors --------------------------------------------------------------------------------------------
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope: no such image folder"):
+        make_inputs(GeneratorSpec(task="translate"), DataConfig(images=str(tmp_path / "nope")))
+
+
+def test_missing_eval_folder(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 2, size=(32, 32))
+    with pytest.raises(DataError, match=r"nope: no such image folder"):
+        make_inputs(GeneratorSpec(task="translate"), DataConfig(images=str(tmp_path / "imgs"),
+                                                                 eval_images=str(tmp_path / "nope")))
+
+
+def test_folder_without_images(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "notes.txt").write_text("hi")
+    (tmp_path / "imgs" / "sub.png").mkdir()  # a folder named like an image is not one
+    with pytest.raises(DataError, match=r"imgs: holds no images"):
+        make_inputs(GeneratorSpec(task="translate"), DataConfig(images=str(tmp_path / "imgs")))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_image_is_named(tmp_path: Path, damage: str) -> None:
+    _write(tmp_path / "imgs", 3, size=(64, 64))
+    bad = tmp_path / "imgs" / "img01.png"
+    bad.write_bytes(b"not a png at all" if damage == "garbage" else bad.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"img01\.png: unreadable image"):
+        make_inputs(GeneratorSpec(task="translate", default_size=32),
+                    DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=2))
+
+
+def test_only_one_image(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 1, size=(32, 32))
+    with pytest.raises(DataError, match=r"needs at least 2 images.*eval_images"):
+        make_inputs(GeneratorSpec(task="translate"), DataConfig(images=str(tmp_path / "imgs")))
+
+
+def test_evaluation_image_smaller_than_the_multiple(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 3, size=(40, 40))
+    _write(tmp_path / "imgs", 1, size=(12, 12), start=3)  # img03: the one evaluation takes
+    with pytest.raises(DataError, match=r"img03\.png: image too small \(12x12\).*multiples of 16"):
+        make_inputs(GeneratorSpec(task="translate", size_multiple=16),
+                    DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=1))
+
+
+def test_calibration_images_smaller_than_the_multiple(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 2, size=(12, 12))
+    with pytest.raises(DataError, match=r"smaller than 16 px"):
+        make_inputs(GeneratorSpec(task="translate", size_multiple=16),
+                    DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=1))
+
+
+@pytest.mark.parametrize(("spec", "task", "match"), [
+    (GeneratorSpec(task="generate", input_kind="latent", latent_shape=(4,)), "sr", "takes latents"),
+    (GeneratorSpec(task="translate"), "generate", "takes images"),
+    (GeneratorSpec(task="translate"), "sr", "does not upscale"),
+])
+def test_task_that_does_not_fit_the_model(spec: GeneratorSpec, task: str, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        resolve_task(spec, DataConfig(task=task))
+
+
+def test_denoise_on_an_upscaling_model_is_refused() -> None:
+    with pytest.raises(DataError, match=r"upscales ×2; use task: sr"):
+        resolve_task(GeneratorSpec(task="sr", scale=2), DataConfig(task="denoise"))
