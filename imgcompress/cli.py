@@ -151,8 +151,7 @@ def gate(
     min_speedup: Optional[float] = typer.Option(None, "--min-speedup"),
     as_json: bool = typer.Option(False, "--json", help="Print the gate verdict as JSON."),
 ) -> None:
-    """Re-check a report against thresholds without rerunning. With no flags, the thresholds
-    recorded in the report are checked again."""
+    """Re-check a report against thresholds without rerunning (no flags: the report's own thresholds)."""
     from .validate.gate import check_gate, merge_gate
     from .validate.report import Report
 
