@@ -12,7 +12,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
 import torch
 
 from . import __version__
@@ -33,10 +31,9 @@ from .export.onnx import export_onnx
 from .models.load import load_generator, save_generator
 from .models.spec import Generator
 from .recipe import GateConfig, Recipe, check_implemented, load_recipe, recipe_sha256
-from .validate import cost, speed
-from .validate.quality import outputs, quality
-from .validate.gate import check_gate, merge_gate
 from .files import atomic_write_text
+from .validate.gate import check_gate, merge_gate
+from .validate.measure import Artifact, environment, measure
 from .validate.report import Report, to_markdown
 
 log = logging.getLogger(__name__)
@@ -158,7 +155,7 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
 
     current = generator
     current_onnx: Path | None = original_onnx
-    artifacts: list[tuple[str, Generator, Path, str]] = []
+    artifacts: list[Artifact] = []
     stage_log: list[dict[str, Any]] = []
     for i, st in enumerate(rec.stages):
         say(f"stage {i}: {st.kind}")
@@ -174,65 +171,14 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
         if current_onnx is None:  # a torch stage: its artifact is the fp32 export
             current_onnx = staging / "stages" / f"{i:02d}-{st.kind}.onnx"
             export_onnx(current, current_onnx, **export_kw)
-        artifacts.append((name, current, current_onnx, res.precision))
+        artifacts.append(Artifact(name, current, current_onnx, res.precision))
         stage_log.append({"index": i, "stage": st.kind, "artifact": name, "seconds": round(time.perf_counter() - t0, 2),
                           "info": res.info})
 
     say("measuring quality and speed")
-    eval_x = [s.input for s in inputs.evaluation]
-    refs = outputs(teacher.module, eval_x)
-    x_speed = spec.example_input(batch=vcfg.batch, size=vcfg.size, seed=7)
-    orig_sess = runtime.session(original_onnx, threads=n_threads)
-    sessions = {name: runtime.session(path, threads=n_threads) for name, _, path, _ in artifacts}
-
-    def ort_runner(sess: ort.InferenceSession) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda x: runtime.run(sess, x)
-
-    orig_quality = quality(refs, None, inputs, spec)
-    ort_quality = quality(outputs(ort_runner(orig_sess), eval_x), refs, inputs, spec)
-    art_quality = {name: quality(outputs(ort_runner(sessions[name]), eval_x), refs, inputs, g.spec)
-                   for name, g, _, _ in artifacts}
-
-    def torch_run() -> object:
-        with torch.no_grad():
-            return teacher.module(x_speed)
-
-    runners: dict[str, Callable[[], object]] = {"torch": torch_run, "ort": lambda: ort_runner(orig_sess)(x_speed)}
-    for name in sessions:
-        runners[name] = (lambda f=ort_runner(sessions[name]): f(x_speed))
-    timings = speed.measure(runners, warmup=vcfg.warmup, repeats=vcfg.repeats)
-
-    macs_cache: dict[int, int] = {}
-
-    def macs_of(g: Generator) -> int:
-        if id(g.module) not in macs_cache:
-            macs_cache[id(g.module)] = cost.macs(g.module, x_speed)
-        return macs_cache[id(g.module)]
-
-    t_torch, t_ort = timings["torch"], timings["ort"]
-    original = {
-        "params": cost.params(teacher.module),
-        "macs": macs_of(teacher),
-        "size_bytes": original_onnx.stat().st_size,
-        "torch_latency_ms": t_torch.median_ms, "torch_latency_p90_ms": t_torch.p90_ms,
-        "ort_latency_ms": t_ort.median_ms, "ort_latency_p90_ms": t_ort.p90_ms,
-        "gt_psnr_db": orig_quality["gt_psnr_db"], "gt_ssim": orig_quality["gt_ssim"],
-        "ort_psnr_db": ort_quality["psnr_db"], "ort_ssim": ort_quality["ssim"],
-        "ort_gt_psnr_db": ort_quality["gt_psnr_db"], "ort_gt_ssim": ort_quality["gt_ssim"],
-    }
-    art_rows = []
-    for name, g, path, precision in artifacts:
-        t = timings[name]
-        q = art_quality[name]
-        art_rows.append({
-            "name": name, "file": str(path.relative_to(staging)), "precision": precision,
-            "params": cost.params(g.module), "macs": macs_of(g), "size_bytes": path.stat().st_size,
-            "latency_ms": t.median_ms, "latency_p90_ms": t.p90_ms,
-            "speedup_vs_ort_fp32": t_ort.median_ms / t.median_ms,
-            "speedup_vs_torch_fp32": t_torch.median_ms / t.median_ms,
-            "psnr_db": q["psnr_db"], "ssim": q["ssim"], "gt_psnr_db": q["gt_psnr_db"], "gt_ssim": q["gt_ssim"],
-        })
-    final_name, final_gen, final_path, _ = artifacts[-1]
+    original, art_rows, speed_info = measure(teacher, original_onnx, artifacts, inputs, cfg=vcfg,
+                                             threads=n_threads, root=staging)
+    final = artifacts[-1]
 
     report: dict[str, Any] = {
         "schema": 1,
@@ -244,18 +190,14 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
         "checkpoint": {"path": str(ckpt_path), "arch": generator.arch, "kwargs": generator.kwargs,
                        "spec": spec.to_dict()},
         "data": {"task": inputs.task, **inputs.description},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "onnxruntime": ort.__version__, "machine": platform.machine(),
-                        "processor": _cpu_name(), "providers_available": ort.get_available_providers(),
-                        "provider_used": "CPUExecutionProvider"},
+        "environment": environment(),
         "export": {"opset": rec.export.opset, "max_abs_error": export_check.max_abs_error,
                    "tolerance": export_check.tolerance, "checked_shapes": [list(s) for s in export_check.shapes]},
-        "speed": {"input_shape": list(x_speed.shape), "threads": n_threads, "warmup": vcfg.warmup,
-                  "repeats": vcfg.repeats, "interleaved": True},
+        "speed": speed_info,
         "original": original,
         "stages": stage_log,
         "artifacts": art_rows,
-        "final": final_name,
+        "final": final.name,
         "files": {"model_onnx": "model.onnx", "model_safetensors": "model.safetensors",
                   "original_onnx": "original.onnx"},
     }
@@ -265,20 +207,11 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
     report["seconds"] = round(time.perf_counter() - t_start, 1)
 
     report = json.loads(json.dumps(report))  # what the file holds is what the API returns
-    shutil.copyfile(final_path, staging / "model.onnx")
-    save_generator(final_gen, staging / "model.safetensors", recipe_sha256=report["recipe"]["sha256"])
+    shutil.copyfile(final.path, staging / "model.onnx")
+    save_generator(final.generator, staging / "model.safetensors", recipe_sha256=report["recipe"]["sha256"])
     atomic_write_text(staging / "report.md", to_markdown(report))
     atomic_write_text(staging / "report.json", json.dumps(report, indent=2))
     say(f"writing {out_dir}")
     _move_into(staging, out_dir)
     return ApplyResult(report["passed"], Report(report), out_dir)
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

@@ -1,0 +1,110 @@
+"""Measure the original and every artifact in one run: cost, quality, interleaved speed."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+import torch
+
+from ..data import Inputs
+from ..export import runtime
+from ..models.spec import Generator
+from ..recipe import ValidateConfig
+from . import cost, speed
+from .quality import outputs, quality
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stage's product: its name in the report, the model behind it, its graph, its precision."""
+
+    name: str
+    generator: Generator
+    path: Path
+    precision: str
+
+
+def _ort(sess: ort.InferenceSession) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: runtime.run(sess, x)
+
+
+def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], inputs: Inputs, *,
+            cfg: ValidateConfig, threads: int, root: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """The report's ``original``, ``artifacts`` and ``speed`` sections.
+
+    Quality is on the evaluation inputs: each output against the original's (drift) and
+    against ground truth where there is one. Speed: the original in torch and in onnxruntime
+    fp32 and every artifact, interleaved in each round, on one input, with ``threads``.
+    """
+    spec = teacher.spec
+    eval_x = [s.input for s in inputs.evaluation]
+    refs = outputs(teacher.module, eval_x)
+    x = spec.example_input(batch=cfg.batch, size=cfg.size, seed=7)
+    orig_sess = runtime.session(original_onnx, threads=threads)
+    sessions = {a.name: runtime.session(a.path, threads=threads) for a in artifacts}
+
+    orig_q = quality(refs, None, inputs, spec)
+    ort_q = quality(outputs(_ort(orig_sess), eval_x), refs, inputs, spec)
+
+    def torch_run() -> object:
+        with torch.no_grad():
+            return teacher.module(x)
+
+    runners: dict[str, Callable[[], object]] = {"torch": torch_run, "ort": lambda: _ort(orig_sess)(x)}
+    for name, sess in sessions.items():
+        runners[name] = (lambda f=_ort(sess): f(x))
+    t = speed.measure(runners, warmup=cfg.warmup, repeats=cfg.repeats)
+    t_torch, t_ort = t["torch"], t["ort"]
+
+    macs: dict[int, int] = {}
+
+    def macs_of(g: Generator) -> int:
+        if id(g.module) not in macs:
+            macs[id(g.module)] = cost.macs(g.module, x)
+        return macs[id(g.module)]
+
+    original = {
+        "params": cost.params(teacher.module),
+        "macs": macs_of(teacher),
+        "size_bytes": original_onnx.stat().st_size,
+        "torch_latency_ms": t_torch.median_ms, "torch_latency_p90_ms": t_torch.p90_ms,
+        "ort_latency_ms": t_ort.median_ms, "ort_latency_p90_ms": t_ort.p90_ms,
+        "gt_psnr_db": orig_q["gt_psnr_db"], "gt_ssim": orig_q["gt_ssim"],
+        "ort_psnr_db": ort_q["psnr_db"], "ort_ssim": ort_q["ssim"],
+        "ort_gt_psnr_db": ort_q["gt_psnr_db"], "ort_gt_ssim": ort_q["gt_ssim"],
+    }
+    rows = []
+    for a in artifacts:
+        ta = t[a.name]
+        q = quality(outputs(_ort(sessions[a.name]), eval_x), refs, inputs, a.generator.spec)
+        rows.append({
+            "name": a.name, "file": str(a.path.relative_to(root)), "precision": a.precision,
+            "params": cost.params(a.generator.module), "macs": macs_of(a.generator), "size_bytes": a.path.stat().st_size,
+            "latency_ms": ta.median_ms, "latency_p90_ms": ta.p90_ms,
+            "speedup_vs_ort_fp32": t_ort.median_ms / ta.median_ms,
+            "speedup_vs_torch_fp32": t_torch.median_ms / ta.median_ms,
+            "psnr_db": q["psnr_db"], "ssim": q["ssim"], "gt_psnr_db": q["gt_psnr_db"], "gt_ssim": q["gt_ssim"],
+        })
+    speed_info = {"input_shape": list(x.shape), "threads": threads, "warmup": cfg.warmup,
+                  "repeats": cfg.repeats, "interleaved": True}
+    return original, rows, speed_info
+
+
+def environment() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__,
+            "machine": platform.machine(), "processor": cpu,
+            "providers_available": ort.get_available_providers(), "provider_used": "CPUExecutionProvider"}
