@@ -38,25 +38,37 @@ class ContrastChannelAttention(nn.Module):
 
 
 class IMDB(nn.Module):
-    """Information multi-distillation block: keep a quarter of the channels at each of 4 steps."""
+    """Information multi-distillation block: keep a quarter of the channels at each of 4 steps.
+
+    The split sizes are read from the layers' widths at every forward (`splits`), so a block
+    whose convs were pruned or resized stays consistent: step ``i`` keeps what the next conv
+    does not take.
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.distilled = channels // 4
-        self.remaining = channels - self.distilled
+        distilled = channels // 4
+        remaining = channels - distilled
         self.c1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.c2 = nn.Conv2d(self.remaining, channels, 3, padding=1)
-        self.c3 = nn.Conv2d(self.remaining, channels, 3, padding=1)
-        self.c4 = nn.Conv2d(self.remaining, self.distilled, 3, padding=1)
+        self.c2 = nn.Conv2d(remaining, channels, 3, padding=1)
+        self.c3 = nn.Conv2d(remaining, channels, 3, padding=1)
+        self.c4 = nn.Conv2d(remaining, distilled, 3, padding=1)
         self.act = nn.LeakyReLU(_SLOPE)
-        self.cca = ContrastChannelAttention(self.distilled * 4)
-        self.c5 = nn.Conv2d(self.distilled * 4, channels, 1)
+        self.cca = ContrastChannelAttention(distilled * 4)
+        self.c5 = nn.Conv2d(distilled * 4, channels, 1)
+
+    def splits(self) -> list[tuple[int, int]]:
+        """(distilled, remaining) channels after c1, c2 and c3, from the current layer widths."""
+        return [
+            (src.out_channels - dst.in_channels, dst.in_channels)
+            for src, dst in ((self.c1, self.c2), (self.c2, self.c3), (self.c3, self.c4))
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        split = (self.distilled, self.remaining)
-        d1, r1 = torch.split(self.act(self.c1(x)), split, dim=1)
-        d2, r2 = torch.split(self.act(self.c2(r1)), split, dim=1)
-        d3, r3 = torch.split(self.act(self.c3(r2)), split, dim=1)
+        s1, s2, s3 = self.splits()
+        d1, r1 = torch.split(self.act(self.c1(x)), s1, dim=1)
+        d2, r2 = torch.split(self.act(self.c2(r1)), s2, dim=1)
+        d3, r3 = torch.split(self.act(self.c3(r2)), s3, dim=1)
         d4 = self.c4(r3)
         return self.c5(self.cca(torch.cat([d1, d2, d3, d4], dim=1))) + x
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
@@ -25,6 +26,89 @@ from .spec import Generator, GeneratorSpec
 log = logging.getLogger(__name__)
 
 SPANDREL = "spandrel"
+# For spandrel models (rebuilt from their weights, not from kwargs), a pruned model's kwargs also
+# hold the unpruned shape of every tensor pruning changed: spandrel builds the model from them.
+UNPRUNED_SHAPES = "unpruned_shapes"
+
+
+def _new_param(old: torch.Tensor | None, shape: tuple[int, ...]) -> nn.Parameter | None:
+    if old is None:
+        return None
+    return nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device), requires_grad=old.requires_grad)
+
+
+def _new_buffer(old: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+    return None if old is None else torch.empty(shape, dtype=old.dtype, device=old.device)
+
+
+def _own_shapes(m: nn.Module) -> dict[str, tuple[int, ...]]:
+    tensors = dict(m.named_parameters(recurse=False)) | dict(m.named_buffers(recurse=False))
+    return {k: tuple(t.shape) for k, t in tensors.items() if t is not None}
+
+
+def _resize_layer(m: nn.Module, saved: dict[str, tuple[int, ...]]) -> bool:
+    """Resize one layer to the saved shapes of its own tensors (local name -> shape).
+
+    Returns whether it changed the layer (False too for kinds it does not know)."""
+    own = _own_shapes(m)
+    if all(saved.get(k, s) == s for k, s in own.items()):
+        return False
+    if isinstance(m, nn.modules.conv._ConvNd) and "weight" in saved:
+        w = saved["weight"]
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        if m.transposed:  # (in, out / groups, *k)
+            in_c = w[0]
+            groups = in_c if depthwise else m.groups
+            out_c = w[1] * groups
+        else:  # (out, in / groups, *k)
+            out_c = w[0]
+            groups = out_c if depthwise else m.groups
+            in_c = w[1] * groups
+        m.in_channels, m.out_channels, m.groups = in_c, out_c, groups
+        m.weight = _new_param(m.weight, w)
+        m.bias = _new_param(m.bias, (out_c,))
+    elif isinstance(m, nn.Linear) and "weight" in saved:
+        m.out_features, m.in_features = saved["weight"]
+        m.weight = _new_param(m.weight, saved["weight"])
+        m.bias = _new_param(m.bias, (m.out_features,))
+    elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)) and (
+        "weight" in saved or "running_mean" in saved
+    ):
+        (c,) = saved.get("weight", saved.get("running_mean"))
+        m.num_features = c
+        m.weight, m.bias = _new_param(m.weight, (c,)), _new_param(m.bias, (c,))
+        m.running_mean, m.running_var = _new_buffer(m.running_mean, (c,)), _new_buffer(m.running_var, (c,))
+    elif isinstance(m, nn.GroupNorm) and "weight" in saved and saved["weight"][0] % m.num_groups == 0:
+        (c,) = saved["weight"]
+        m.num_channels = c
+        m.weight, m.bias = _new_param(m.weight, (c,)), _new_param(m.bias, (c,))
+    elif isinstance(m, nn.PReLU) and "weight" in saved:
+        (c,) = saved["weight"]
+        m.num_parameters = c
+        m.weight = _new_param(m.weight, (c,))
+    elif isinstance(m, nn.LayerNorm) and "weight" in saved:
+        m.normalized_shape = tuple(saved["weight"])
+        m.weight, m.bias = _new_param(m.weight, saved["weight"]), _new_param(m.bias, saved["weight"])
+    else:
+        return False
+    return True
+
+
+def restore_widths(module: nn.Module, state_dict: ckpt.StateDict) -> list[str]:
+    """Resize the layers of a freshly built ``module`` to the (pruned) shapes in ``state_dict``.
+
+    Handles Conv/ConvTranspose (any dims, depthwise too), Linear, BatchNorm, InstanceNorm,
+    GroupNorm, PReLU and LayerNorm: their tensors are replaced by empty ones of the saved shapes
+    and their width attributes (``in_channels``, ``out_features``, ``num_features``,
+    ``num_channels`` ...) updated, so that ``load_state_dict`` fills them. Layers of other kinds
+    are left alone (loading then reports the mismatch). Returns the names of the layers resized.
+    """
+    by_layer: dict[str, dict[str, tuple[int, ...]]] = {}
+    for k, v in state_dict.items():
+        if isinstance(v, torch.Tensor):
+            layer, _, local = k.rpartition(".")
+            by_layer.setdefault(layer, {})[local] = tuple(v.shape)
+    return [name for name, m in module.named_modules() if name in by_layer and _resize_layer(m, by_layer[name])]
 
 
 def _load_weights(module: nn.Module, sd: ckpt.StateDict, source: str, arch: str) -> None:
@@ -63,12 +147,15 @@ def _import_class(target: str, source: str) -> type:
     return cls
 
 
-def _from_builtin(arch: registry.Arch, sd: ckpt.StateDict, kwargs: dict[str, Any], source: str) -> Generator:
+def _from_builtin(arch: registry.Arch, sd: ckpt.StateDict, kwargs: dict[str, Any], source: str,
+                  *, pruned: bool = False) -> Generator:
     sd = arch.select(sd)
     try:
         module = arch.build(**kwargs)
     except TypeError as e:
         raise CheckpointError(f"{source}: arch {arch.name!r} does not take these kwargs ({e}); see `imgcompress inspect --archs`") from None
+    if pruned:
+        restore_widths(module, sd)
     _load_weights(module, sd, source, arch.name)
     return Generator(module.eval(), arch.spec(kwargs), arch.name, dict(kwargs), source=source)
 
@@ -88,20 +175,33 @@ def _from_metadata(raw: ckpt.RawCheckpoint) -> Generator:
         spec = GeneratorSpec.from_dict(meta["spec"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: the imgcompress metadata has no valid spec ({e}); the file was damaged") from None
+    pruned = bool(meta.get("widths"))
+    kwargs = dict(meta.get("kwargs", {}))
     if name == SPANDREL:
-        g = _from_spandrel(raw.state_dict, source)
+        sd = raw.state_dict
+        if pruned:
+            # spandrel derives the architecture from tensor shapes: show it the unpruned ones
+            unpruned = kwargs.get(UNPRUNED_SHAPES, {})
+            sd = {k: torch.zeros(unpruned[k], dtype=v.dtype) if k in unpruned else v for k, v in sd.items()}
+        g = _from_spandrel(sd, source)
         if g is None:
             raise CheckpointError(f"{source}: metadata says spandrel, but spandrel does not recognise the weights")
+        if pruned:
+            restore_widths(g.module, raw.state_dict)
+            _load_weights(g.module, raw.state_dict, source, name)
+            g.kwargs = kwargs
     elif isinstance(name, str) and ":" in name:
         cls = _import_class(name, source)
-        module = cls(**meta.get("kwargs", {}))
+        module = cls(**kwargs)
+        if pruned:
+            restore_widths(module, raw.state_dict)
         _load_weights(module, raw.state_dict, source, name)
-        g = Generator(module.eval(), spec, name, dict(meta.get("kwargs", {})), source=source)
+        g = Generator(module.eval(), spec, name, kwargs, source=source)
     else:
         arch = registry.get(str(name))
         if arch is None:
             raise CheckpointError(f"{source}: metadata names arch {name!r}, which this imgcompress does not know; upgrade imgcompress")
-        g = _from_builtin(arch, raw.state_dict, dict(meta.get("kwargs", {})), source)
+        g = _from_builtin(arch, raw.state_dict, kwargs, source, pruned=pruned)
     g.spec = spec
     g.widths = dict(meta.get("widths", {}))
     return g
