@@ -158,22 +158,10 @@ SPINNING = False  # set from --spinning
 
 
 def session(path: str | Path | bytes, *, threads: int) -> ort.InferenceSession:
-    """`imgcompress.export.runtime.session`'s settings (threads, sequential, all graph
-    optimisations, CPU provider), with intra-op spinning off unless --spinning.
-
-    With spinning on (onnxruntime's default), a session's worker threads keep spinning after
-    each run; when variants alternate on few cores, the spinners of the previous variant
-    steal the CPU from the next one (identical graphs measured 1.5 / 5.9 / 2.0 ms here).
-    """
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPINNING else "0")
-    model = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    """`imgcompress.export.runtime.session` (spinning off, as in `imgcompress apply`) unless
+    --spinning. With spinning on (onnxruntime's default), the spinners of the previous variant
+    steal the CPU from the next one (identical graphs measured 1.5 / 5.9 / 2.0 ms here)."""
+    return runtime.session(path, threads=threads, spinning=SPINNING)
 
 
 # ----------------------------------------------------------------------------- hardware ceiling

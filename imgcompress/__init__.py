@@ -8,13 +8,34 @@
 __version__ = "0.1.0"
 
 from .errors import CheckpointError, DataError, ImgcompressError, RecipeError, UsageError  # noqa: E402
-from .export.onnx import export_onnx  # noqa: E402
-from .models.load import load_generator, save_generator  # noqa: E402
-from .models.spec import Generator, GeneratorSpec  # noqa: E402
-from .pipeline import ApplyResult, apply  # noqa: E402
-from .recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from .validate.gate import check_gate  # noqa: E402
-from .validate.report import Report  # noqa: E402
+
+# The rest is imported on first use, so `import imgcompress.cli` does not load torch before the
+# command has set up the process (see cli.py).
+_LAZY = {
+    "export_onnx": ".export.onnx",
+    "load_generator": ".models.load",
+    "save_generator": ".models.load",
+    "Generator": ".models.spec",
+    "GeneratorSpec": ".models.spec",
+    "ApplyResult": ".pipeline",
+    "apply": ".pipeline",
+    "Recipe": ".recipe",
+    "load_recipe": ".recipe",
+    "parse_recipe": ".recipe",
+    "check_gate": ".validate.gate",
+    "Report": ".validate.report",
+}
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",

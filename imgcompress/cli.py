@@ -15,11 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-import typer
-from rich.console import Console
-from rich.table import Table
+# Timing alternates torch and onnxruntime on the same cores: torch's OpenMP threads must not
+# spin-wait after a run and steal the cores from the next model (onnxruntime's sessions turn
+# their own spinning off, see export/runtime.py). Read once when torch loads, so set it here,
+# before anything imports torch; a value from the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import ImgcompressError
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from .errors import ImgcompressError  # noqa: E402
 
 app = typer.Typer(
     name="imgcompress",

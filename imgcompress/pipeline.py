@@ -22,10 +22,12 @@ from typing import Any
 import torch
 
 from . import __version__
+from .compress import precision as precision_stage
+from .compress import prune as prune_stage
 from .compress import quantize as quantize_stage
 from .compress.base import StageContext, StageResult
 from .data import Inputs, make_inputs
-from .errors import UsageError
+from .errors import RecipeError, UsageError
 from .export import runtime
 from .export.onnx import export_onnx
 from .models.load import load_generator, save_generator
@@ -54,9 +56,12 @@ class ApplyResult:
         return self.out / "model.onnx"
 
 
+STAGES = {"prune": prune_stage.run, "quantize": quantize_stage.run, "precision": precision_stage.run}
+
+
 def _run_stage(kind: str, generator: Generator, ctx: StageContext, cfg: Any, out: Path) -> StageResult:
-    if kind == "quantize":
-        return quantize_stage.run(generator, ctx, cfg, out=out)
+    if kind in STAGES:
+        return STAGES[kind](generator, ctx, cfg, out=out)
     raise AssertionError(f"stage {kind} reached the pipeline unimplemented")  # check_implemented stops it
 
 
@@ -164,14 +169,21 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
             current_onnx = staging / "stages" / f"{i:02d}-{current.arch}-fp32.onnx"
             export_onnx(current, current_onnx, **export_kw)
         ctx = StageContext(teacher=teacher, inputs=inputs, workdir=staging, threads=n_threads, onnx_path=current_onnx)
-        res = _run_stage(st.kind, current, ctx, st, staging / "stages" / f"{i:02d}-{st.kind}.onnx")
+        try:
+            res = _run_stage(st.kind, current, ctx, st, staging / "stages" / f"{i:02d}-{st.kind}.onnx")
+        except RecipeError as e:  # a stage's option that does not fit this model ("prune.ignore: ...")
+            raise RecipeError(f"{recipe_path}: stages.{i}.{e}") from None
         current = res.generator
         current_onnx = res.onnx_path
         name = f"{i}-{st.kind}"
         if current_onnx is None:  # a torch stage: its artifact is the fp32 export
             current_onnx = staging / "stages" / f"{i:02d}-{st.kind}.onnx"
             export_onnx(current, current_onnx, **export_kw)
-        artifacts.append(Artifact(name, current, current_onnx, res.precision))
+        note = res.info.get("speed_note") if res.quality_onnx is not None or not res.runnable else None
+        if not res.runnable:
+            note = res.info.get("not_runnable_reason") or "onnxruntime here cannot run this graph"
+        artifacts.append(Artifact(name, current, current_onnx, res.precision, quality_path=res.quality_onnx,
+                                  runnable=res.runnable, speed_note=note))
         stage_log.append({"index": i, "stage": st.kind, "artifact": name, "seconds": round(time.perf_counter() - t0, 2),
                           "info": res.info})
 

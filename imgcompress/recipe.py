@@ -20,7 +20,7 @@ from .errors import RecipeError
 
 STAGE_NAMES = ("prune", "distill", "quantize", "precision")
 # Stages whose issue has not landed: the schema knows them, the pipeline refuses them.
-NOT_IMPLEMENTED = {"prune": 3, "distill": 4, "precision": 5}
+NOT_IMPLEMENTED = {"distill": 4}
 
 
 class _Strict(BaseModel):
@@ -171,11 +171,19 @@ class DataConfig(_Strict):
 
 
 class Budget(_Strict):
-    """Drift budget vs the original model's output, on the search inputs."""
+    """Drift budget, on the search inputs: vs the original model's output, or vs the output of
+    the graph the stage quantizes (``against: input``, for a stage after prune/distill)."""
 
-    min_psnr_db: float | None = Field(None, description="Lowest PSNR (dB) of the output vs the original's.")
+    min_psnr_db: float | None = Field(None, description="Lowest PSNR (dB) of the output vs the reference's.")
     min_ssim: Annotated[float, Field(ge=-1, le=1)] | None = Field(
-        None, description="Lowest SSIM of the output vs the original's."
+        None, description="Lowest SSIM of the output vs the reference's."
+    )
+    against: Literal["original", "input"] = Field(
+        "original",
+        description=(
+            "The reference: `original` (the checkpoint as loaded) or `input` (the graph this stage quantizes, "
+            "so the budget bounds only the drift quantization adds after pruning or distillation)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -244,30 +252,40 @@ class Quantize(_Strict):
 
 
 class Prune(_Strict):
-    """Structured channel pruning (torch-pruning). Reserved: lands with issue #3."""
+    """Structured channel pruning on torch-pruning's dependency graph, with generator-aware
+    rules: the output layer keeps its channels, PixelShuffle inputs lose whole r² blocks,
+    GroupNorm groups stay whole, layers that cannot be pruned safely are protected (and the
+    report says why). The pruned model is retrained by nothing: add `distill` to win back quality."""
 
     kind: Literal["prune"] = "prune"
     ratio: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         0.5,
-        description="Fraction of channels removed.",
+        description="Fraction of channels removed from every prunable channel group (ignored when "
+        "`target_macs` is set).",
     )
     target_macs: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         None,
-        description="Prune until the MACs are this fraction of the original's (instead of a fixed ratio).",
+        description="Prune in steps until the MACs are at most this fraction of the original's (instead of a "
+        "fixed ratio); the report notes when protected layers make it unreachable.",
     )
     importance: Literal["l1", "l2", "taylor", "bn_scale", "lamp"] = Field(
         "l2",
-        description="How channel importance is scored.",
+        description="How channels are scored: `l1`/`l2` weight magnitude, `taylor` weight × gradient of the distance "
+        "to the original's output, `bn_scale` the norm's scale (gamma), `lamp` LAMP scores ranked across layers.",
     )
     iterative_steps: Annotated[int, Field(ge=1, le=100)] = Field(
         1,
-        description="Reach the target in this many pruning steps.",
+        description="Reach the ratio in this many equal steps, importance re-scored after each.",
     )
     round_to: Annotated[int, Field(ge=1, le=256)] | None = Field(
         None,
-        description="Keep pruned channel counts multiples of this.",
+        description="Round kept channel counts to multiples of this (hardware-friendly widths).",
     )
-    ignore: list[str] = Field(default_factory=list, description="Layers (module names) never pruned.")
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="Module-name globs (e.g. `tail*`) left untouched: neither input nor output channels change; "
+        "a glob that matches no module is an error.",
+    )
 
 
 class DistillLoss(_Strict):
@@ -312,15 +330,19 @@ class Distill(_Strict):
 
 
 class Precision(_Strict):
-    """fp16/bf16 graph with fp32 islands. Reserved: lands with issue #5."""
+    """The exported graph in fp16/bf16 with fp32 islands, inputs and outputs in float32.
+    Quality is measured on an fp32 emulation that rounds every low-precision tensor as a GPU
+    would; onnxruntime's CPU provider has no fp16/bf16 arithmetic, so CPU latency says little
+    (the report says so). Must be the last stage."""
 
     kind: Literal["precision"] = "precision"
     dtype: Literal["fp16", "bf16"] = Field("fp16", description="Floating-point type of the graph.")
     keep_fp32: Literal["auto"] | list[str] = Field(
         "auto",
         description=(
-            "`auto`: fp32 islands chosen by sensitivity against the drift budget; or node-name patterns kept "
-            "in fp32."
+            "`auto`: keep in fp32 the ops fp16/bf16 handles badly (norms, Softmax/Exp/Log/Pow/Sqrt, large "
+            "reductions, layers whose activations overflow fp16 on the calibration inputs, the last layer); "
+            "or a list of node-name or op-type patterns kept in fp32 (`auto` in the list adds the rules above)."
         ),
     )
 
@@ -465,6 +487,9 @@ class Recipe(_Strict):
     def _order(cls, stages: list[Any]) -> list[Any]:
         seen_onnx = None
         for i, st in enumerate(stages):
+            if seen_onnx and stages[i - 1].kind == "precision":
+                raise _stage_error(i, f"'{st.kind}' comes after 'precision': the fp16/bf16 graph is final; "
+                                   "put 'precision' last")
             if st.kind in ONNX_STAGES:
                 seen_onnx = seen_onnx or st.kind
             elif seen_onnx:
@@ -568,5 +593,5 @@ def check_implemented(recipe: Recipe, *, source: str = "<recipe>") -> None:
             raise RecipeError(
                 f"{source}: stages.{i}.{st.kind}: the '{st.kind}' stage is not implemented yet in this "
                 f"version of imgcompress (tracked in issue #{NOT_IMPLEMENTED[st.kind]}); "
-                "use a recipe with only 'quantize' stages, e.g. recipes/int8.yaml"
+                "use a recipe without it, e.g. recipes/prune_quant.yaml or recipes/int8.yaml"
             )

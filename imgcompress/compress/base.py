@@ -25,9 +25,16 @@ class StageContext:
 @dataclass
 class StageResult:
     """A stage's product. Torch stages return a new generator and no graph; graph stages
-    return the same generator and the path of the graph they wrote."""
+    return the same generator and the path of the graph they wrote.
+
+    ``quality_onnx``: a graph to measure quality on instead of ``onnx_path`` (the precision
+    stage's fp32 emulation, which rounds as a GPU would where onnxruntime's CPU provider does
+    not); ``runnable``: False when onnxruntime here cannot run ``onnx_path`` (bf16 on CPU), so
+    its speed is not measured."""
 
     generator: Generator
     onnx_path: Path | None
     precision: str
     info: dict[str, Any] = field(default_factory=dict)
+    quality_onnx: Path | None = None
+    runnable: bool = True

@@ -807,4 +807,5 @@ def run(generator: Generator, ctx: StageContext, cfg: Precision, *, out: Path) -
         log.warning("precision: no node converted to %s; the graph stays fp32", cfg.dtype)
     log.info("precision: %d nodes in %s, %d kept fp32; drift vs the input graph %.1f dB (emulated)",
              len(converted), cfg.dtype, len(plan.kept), check["psnr_db_emulated"])
-    return StageResult(generator, out, _precision_label(conv.graph, plan), info)
+    return StageResult(generator, out, _precision_label(conv.graph, plan), info, quality_onnx=emulated_path,
+                       runnable=reason is None)

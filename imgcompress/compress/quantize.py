@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 import torch
 
 from ..errors import RecipeError
@@ -76,6 +77,37 @@ def _excluded(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
     return hit
 
 
+def _fold_constants(m: onnx.ModelProto) -> None:
+    """Replace the nodes computed from constants alone (Pad sizes built from Constant,
+    Slice, Transpose ... as the TorchScript exporter writes reflection padding) by
+    initializers, in place, so that shape inference sees the sizes."""
+    from onnx.reference import ReferenceEvaluator
+
+    const: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    kept, folded = [], []
+    for n in m.graph.node:
+        if n.op_type != "Constant" and (not n.input or not all(i in const or i == "" for i in n.input)):
+            kept.append(n)
+            continue
+        try:
+            ins = [i for i in n.input if i]
+            graph = helper.make_graph(
+                [n], "fold", [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(const[i].dtype),
+                                                             const[i].shape) for i in ins],
+                [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in n.output])
+            outs = ReferenceEvaluator(helper.make_model(graph, opset_imports=m.opset_import)).run(
+                None, {i: const[i] for i in ins})
+        except Exception:  # an op the reference evaluator lacks: leave it to shape inference
+            kept.append(n)
+            continue
+        for name, value in zip(n.output, outs):
+            const[name] = np.asarray(value)
+            folded.append(numpy_helper.from_array(np.asarray(value), name))
+    del m.graph.node[:]
+    m.graph.node.extend(kept)
+    m.graph.initializer.extend(folded)
+
+
 def node_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, int]:
     """MACs of each compute node (Conv, ConvTranspose, Gemm, MatMul) at ``input_shape``.
 
@@ -89,7 +121,8 @@ def node_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str,
         d.ClearField("dim_param")
         d.dim_value = int(v)
     try:
-        m = onnx.shape_inference.infer_shapes(m)
+        _fold_constants(m)
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception:  # onnx raises assorted errors on graphs it cannot infer
         return {}
     shapes: dict[str, list[int]] = {}

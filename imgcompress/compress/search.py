@@ -128,15 +128,22 @@ def compose(fp32: onnx.ModelProto, qdq: onnx.ModelProto, quantized: set[str]) ->
 
 
 class _Scorer:
-    """PSNR/SSIM of a graph's outputs vs the original's on the search inputs."""
+    """PSNR/SSIM of a graph's outputs on the search inputs vs the original's (or, with
+    ``against="input"``, vs the outputs of ``model``, the graph being quantized)."""
 
-    def __init__(self, ctx: StageContext, samples: int, *, with_ssim: bool):
+    def __init__(self, ctx: StageContext, samples: int, *, with_ssim: bool, against: str = "original",
+                 model: onnx.ModelProto | None = None):
         self.ctx, self.with_ssim = ctx, with_ssim
         xs = ctx.inputs.calibration[:samples]
         self.batches = [torch.cat(xs[i:i + 8]) for i in range(0, len(xs), 8)]
         rng = ctx.teacher.spec.output_range
-        with torch.no_grad():
-            self.refs = [metrics.normalise(ctx.teacher.module(b), rng) for b in self.batches]
+        if against == "input":
+            assert model is not None
+            sess = runtime.session(model.SerializeToString(), threads=ctx.threads)
+            self.refs = [metrics.normalise(runtime.run(sess, b), rng) for b in self.batches]
+        else:
+            with torch.no_grad():
+                self.refs = [metrics.normalise(ctx.teacher.module(b), rng) for b in self.batches]
         self.rng = rng
         self.n = len(xs)
 
@@ -169,7 +176,8 @@ def budget_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg
     from .quantize import node_macs, quantized_op_counts
 
     assert cfg.budget is not None
-    score = _Scorer(ctx, cfg.search_samples, with_ssim=cfg.budget.min_ssim is not None)
+    score = _Scorer(ctx, cfg.search_samples, with_ssim=cfg.budget.min_ssim is not None, against=cfg.budget.against,
+                    model=model)
 
     quantizer.quantize(out, exclude=exclude)
     qdq = onnx.load(str(out))
@@ -179,6 +187,7 @@ def budget_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg
         "method": "greedy",
         "budget": cfg.budget.model_dump(),
         "search_inputs": f"{score.n} calibration inputs (evaluation inputs are kept apart)",
+        "against": "the original's output" if cfg.budget.against == "original" else "this stage's input graph's output",
         "all_int8": {"psnr_db": all_int8[0], "ssim": all_int8[1]},
         "sensitivity": [],
         "fallback": [],

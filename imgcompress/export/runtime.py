@@ -20,8 +20,16 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
 
 
-def session(path: str | Path | bytes, *, threads: int | None = None, provider: str | None = None) -> ort.InferenceSession:
+def session(path: str | Path | bytes, *, threads: int | None = None, provider: str | None = None,
+            spinning: bool = False) -> ort.InferenceSession:
+    """A CPU (or ``provider``) session with ``threads`` intra-op threads and no spin-waiting.
+
+    Idle onnxruntime worker threads spin by default; with several sessions (and torch) timed
+    in turns, one session's spinning threads steal the cores of whichever runs next, which
+    skews an interleaved comparison. With spinning off (unless ``spinning``), each runs on quiet
+    cores."""
     opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -21,12 +21,19 @@ from .quality import outputs, quality
 
 @dataclass(frozen=True)
 class Artifact:
-    """A stage's product: its name in the report, the model behind it, its graph, its precision."""
+    """A stage's product: its name in the report, the model behind it, its graph, its precision.
+
+    ``quality_path``: the graph whose outputs stand for this artifact's quality when it is not
+    ``path`` itself (a precision stage's fp32 emulation); ``runnable``: False when onnxruntime
+    here cannot run ``path``, so latency is not measured (reported as null with the reason)."""
 
     name: str
     generator: Generator
     path: Path
     precision: str
+    quality_path: Path | None = None
+    runnable: bool = True
+    speed_note: str | None = None
 
 
 def _ort(sess: ort.InferenceSession) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -46,7 +53,9 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
     refs = outputs(teacher.module, eval_x)
     x = spec.example_input(batch=cfg.batch, size=cfg.size, seed=7)
     orig_sess = runtime.session(original_onnx, threads=threads)
-    sessions = {a.name: runtime.session(a.path, threads=threads) for a in artifacts}
+    sessions = {a.name: runtime.session(a.path, threads=threads) for a in artifacts if a.runnable}
+    quality_sessions = {a.name: runtime.session(a.quality_path, threads=threads) if a.quality_path else sessions[a.name]
+                        for a in artifacts}
 
     orig_q = quality(refs, None, inputs, spec)
     ort_q = quality(outputs(_ort(orig_sess), eval_x), refs, inputs, spec)
@@ -80,16 +89,21 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
     }
     rows = []
     for a in artifacts:
-        ta = t[a.name]
-        q = quality(outputs(_ort(sessions[a.name]), eval_x), refs, inputs, a.generator.spec)
-        rows.append({
+        ta = t.get(a.name)
+        q = quality(outputs(_ort(quality_sessions[a.name]), eval_x), refs, inputs, a.generator.spec)
+        row = {
             "name": a.name, "file": str(a.path.relative_to(root)), "precision": a.precision,
             "params": cost.params(a.generator.module), "macs": macs_of(a.generator), "size_bytes": a.path.stat().st_size,
-            "latency_ms": ta.median_ms, "latency_p90_ms": ta.p90_ms,
-            "speedup_vs_ort_fp32": t_ort.median_ms / ta.median_ms,
-            "speedup_vs_torch_fp32": t_torch.median_ms / ta.median_ms,
+            "latency_ms": ta.median_ms if ta else None, "latency_p90_ms": ta.p90_ms if ta else None,
+            "speedup_vs_ort_fp32": t_ort.median_ms / ta.median_ms if ta else None,
+            "speedup_vs_torch_fp32": t_torch.median_ms / ta.median_ms if ta else None,
             "psnr_db": q["psnr_db"], "ssim": q["ssim"], "gt_psnr_db": q["gt_psnr_db"], "gt_ssim": q["gt_ssim"],
-        })
+        }
+        if a.quality_path is not None:
+            row["quality_measured_on"] = str(a.quality_path.relative_to(root))
+        if a.speed_note is not None:
+            row["speed_note"] = a.speed_note
+        rows.append(row)
     speed_info = {"input_shape": list(x.shape), "threads": threads, "warmup": cfg.warmup,
                   "repeats": cfg.repeats, "interleaved": True}
     return original, rows, speed_info

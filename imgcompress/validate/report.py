@@ -67,6 +67,10 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
     return str(v)
 
 
+def _times(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
 def _human(n: float | None, unit: str = "") -> str:
     if n is None:
         return "–"
@@ -102,12 +106,20 @@ def to_markdown(report: dict[str, Any]) -> str:
         mark = " (final)" if a["name"] == r["final"] else ""
         lines.append(
             f"| {a['name']}{mark} | {a['precision']} | {_human(a['params'])} | {_human(a['macs'])} | {_human(a['size_bytes'], 'B')} | "
-            f"{_fmt(a['latency_ms'])} / {_fmt(a['latency_p90_ms'])} | {_fmt(a['speedup_vs_ort_fp32'])}× | "
-            f"{_fmt(a['speedup_vs_torch_fp32'])}× | {_fmt(a['psnr_db'])} | {_fmt(a['ssim'], '.4f')} | "
+            f"{_fmt(a['latency_ms'])} / {_fmt(a['latency_p90_ms'])} | {_times(a['speedup_vs_ort_fp32'])} | "
+            f"{_times(a['speedup_vs_torch_fp32'])} | {_fmt(a['psnr_db'])} | {_fmt(a['ssim'], '.4f')} | "
             f"{_fmt(a.get('gt_psnr_db'))} | {_fmt(a.get('gt_ssim'), '.4f')} |"
         )
     lines += ["", "PSNR/SSIM vs original: the compressed output against the original model's output "
               "(drift). GT: against ground truth" + (" (Y channel, border cropped by the scale)" if r["data"]["task"] == "sr" else "") + ".", ""]
+    for a in r["artifacts"]:
+        if a.get("quality_measured_on"):
+            lines.append(f"- `{a['name']}`: quality measured on `{a['quality_measured_on']}` (the graph's fp32 "
+                         "emulation, rounding every low-precision tensor as a GPU would).")
+        if a.get("speed_note"):
+            lines.append(f"- `{a['name']}`: {a['speed_note']}.")
+    if any(a.get("quality_measured_on") or a.get("speed_note") for a in r["artifacts"]):
+        lines.append("")
     checks = r["gate"]["checks"]
     if checks:
         lines.append(f"### Gate on `{r['gate']['artifact']}`: {verdict}")

@@ -184,13 +184,19 @@ def test_torch_stages_before_graph_stages_is_valid() -> None:
 
 @pytest.mark.parametrize(("stages", "index", "kind", "after"), [
     (["quantize", "prune"], 1, "prune", "quantize"),
-    (["prune", "precision", "quantize", "distill"], 3, "distill", "precision"),
+    (["prune", "quantize", "distill"], 2, "distill", "quantize"),
 ])
 def test_torch_stage_after_graph_stage_is_refused(stages: list[str], index: int, kind: str, after: str) -> None:
     text = "stages:\n" + "".join(f"  - {s}\n" for s in stages)
     msg = _error(text)
     assert f"stages.{index}: '{kind}' comes after '{after}'" in msg
     assert "torch stages (prune, distill) must come before graph stages (quantize, precision)" in msg
+
+
+@pytest.mark.parametrize("after", ["quantize", "precision"])
+def test_a_graph_stage_after_precision_is_refused(after: str) -> None:
+    msg = _error(f"stages:\n  - precision\n  - {after}\n")
+    assert f"stages.1: '{after}' comes after 'precision': the fp16/bf16 graph is final; put 'precision' last" in msg
 
 
 def test_stage_order_error_points_at_the_stage() -> None:

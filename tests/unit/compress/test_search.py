@@ -3,6 +3,8 @@ search falls back the fewest, most damaging layers until the budget is met."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,7 +221,7 @@ def test_an_ssim_budget_is_met_and_reported(trained: Any, all_int8: dict[str, An
                                             score: Callable[..., tuple[float, float | None]]) -> None:
     target = all_int8["ssim"] + (1.0 - all_int8["ssim"]) / 2
     res, s = _search(trained, tmp_path / "q.onnx", Budget(min_ssim=target))
-    assert s["budget"] == {"min_psnr_db": None, "min_ssim": target}
+    assert s["budget"] == {"min_psnr_db": None, "min_ssim": target, "against": "original"}
     assert s["all_int8"]["ssim"] == pytest.approx(all_int8["ssim"], abs=1e-6) and s["all_int8"]["ssim"] < target
     assert s["met"] is True and s["fallback"]
     assert s["result"]["ssim"] is not None and s["result"]["ssim"] >= target
@@ -227,6 +229,25 @@ def test_an_ssim_budget_is_met_and_reported(trained: Any, all_int8: dict[str, An
     assert ssim == pytest.approx(s["result"]["ssim"], abs=1e-6)
     assert psnr == pytest.approx(s["result"]["psnr_db"], abs=1e-6)
     assert all(r["ssim_alone"] is not None for r in s["sensitivity"])
+
+
+def test_a_budget_against_the_input_graph_ignores_the_drift_of_earlier_stages(
+        trained: Any, all_int8: dict[str, Any], tmp_path: Path) -> None:
+    # the teacher differs from the graph being quantized, as after a prune stage
+    teacher = copy.deepcopy(trained.generator)
+    with torch.no_grad():
+        for p in teacher.module.parameters():
+            p.mul_(1.05)
+    ctx = dataclasses.replace(trained.ctx(), teacher=teacher)
+    budget = all_int8["psnr"] - 1.0
+    runs = {}
+    for against in ("original", "input"):
+        cfg = Quantize(**BASE, budget=Budget(min_psnr_db=budget, against=against))
+        runs[against] = q.run(trained.generator, ctx, cfg, out=tmp_path / f"{against}.onnx").info["search"]
+    assert runs["original"]["all_int8"]["psnr_db"] < budget - 5 and runs["original"]["met"] is False
+    assert runs["input"]["all_int8"]["psnr_db"] == pytest.approx(all_int8["psnr"], abs=0.05)
+    assert runs["input"]["met"] is True and runs["input"]["fallback"] == []
+    assert runs["input"]["against"] == "this stage's input graph's output"
 
 
 def test_a_psnr_only_budget_does_not_compute_ssim(trained: Any, all_int8: dict[str, Any], tmp_path: Path) -> None:
