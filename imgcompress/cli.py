@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -100,6 +101,44 @@ def _summary(report: dict[str, Any]) -> Table:
     return t
 
 
+class _TrainingBar:
+    """A rich progress bar for training stages on a terminal; elsewhere a log line now and then."""
+
+    def __init__(self, *, enabled: bool):
+        self.enabled = enabled
+        self.bar: Any = None
+        self.task: Any = None
+        self.last_logged = 0.0
+
+    def __enter__(self) -> "_TrainingBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, d: dict[str, Any]) -> None:
+        psnr = "–" if d.get("psnr_db") is None else f"{d['psnr_db']:.2f} dB"
+        fields = {"loss": f"{d['loss']:.4g}", "psnr": psnr, "rate": f"{d['steps_per_s']:.2f} steps/s"}
+        if not self.enabled:
+            now = time.monotonic()
+            if now - self.last_logged >= 10 or d["step"] == d["steps"]:
+                self.last_logged = now
+                logging.getLogger("imgcompress.distill").info(
+                    "distill: step %d/%d loss %s, PSNR vs teacher %s, %s", d["step"], d["steps"], fields["loss"],
+                    psnr, fields["rate"])
+            return
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]} · PSNR vs teacher {task.fields[psnr]} · "
+                                           "{task.fields[rate]}"), TimeRemainingColumn(), console=err)
+            self.bar.start()
+            self.task = self.bar.add_task("distill", total=d["steps"], **fields)
+        self.bar.update(self.task, completed=d["step"], **fields)
+
+
 def _print_gate(report: dict[str, Any]) -> None:
     checks = report["gate"]["checks"]
     if not checks:
@@ -125,17 +164,23 @@ def apply(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and onnxruntime (default: all cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report JSON on stdout; no progress output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the verdict."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes for training stages (distill): DistributedDataParallel when > 1."),
+    device: str = typer.Option("auto", "--device", help="Device for training stages: auto (CUDA when present), cpu or cuda."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start training stages over instead of resuming from OUT/.resume/."),
 ) -> None:
     """Apply RECIPE to CHECKPOINT: compress, export ONNX, measure, report, gate."""
     from .pipeline import apply as run_apply
 
     _setup_logging(quiet or as_json)
     progress = None if (quiet or as_json) else (lambda msg: err.print(f"[dim]·[/] {msg}", markup=True))
-    result = run_apply(
-        recipe, checkpoint, out=out_dir, images=images, eval_images=eval_images, threads=threads,
-        gate={"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop, "min_speedup": min_speedup},
-        progress=progress,
-    )
+    with _TrainingBar(enabled=progress is not None and err.is_terminal) as bar:
+        result = run_apply(
+            recipe, checkpoint, out=out_dir, images=images, eval_images=eval_images, threads=threads,
+            gate={"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop,
+                  "min_speedup": min_speedup},
+            progress=progress, nproc=nproc, device=device, fresh=fresh,
+            train_progress=bar.update if progress is not None else None,
+        )
     data = result.report.data
     if as_json:
         out.print_json(json.dumps(data))

@@ -40,12 +40,47 @@ class Sample:
     target: torch.Tensor | None = None
 
 
+class TrainingSource:
+    """Training batches for distillation, drawn from the calibration side only (evaluation
+    images and latent seeds stay unseen). Batch ``step`` depends on (seed, step) alone, so a
+    resumed run sees the batches an uninterrupted one would have seen.
+
+    Images: random crops (the calibration crop size) with random horizontal flips, made into
+    inputs as the task says (SR: bicubic LR; denoise: a fresh noisy copy). Latents: fresh
+    N(0, 1) draws from a stream disjoint from calibration's and evaluation's."""
+
+    LATENT_STREAM = 2_000_029
+
+    def __init__(self, spec: GeneratorSpec, task: str, cfg: DataConfig, images: list[Image.Image], crop: int):
+        self.spec, self.task, self.cfg, self.images, self.crop = spec, task, cfg, images, crop
+
+    def batch(self, step: int, size: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.LATENT_STREAM + step)
+        if self.task == "generate":
+            assert self.spec.latent_shape is not None
+            return torch.randn((size, *self.spec.latent_shape), generator=g)
+        maker = _Maker(self.spec, self.task, self.cfg)
+        maker.rng = g
+        xs = []
+        for _ in range(size):
+            im = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+            w, h = im.size
+            left = int(torch.randint(w - self.crop + 1, (1,), generator=g))
+            top = int(torch.randint(h - self.crop + 1, (1,), generator=g))
+            crop = im.crop((left, top, left + self.crop, top + self.crop))
+            if bool(torch.rand((), generator=g) < 0.5):
+                crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            xs.append(maker.pair(crop)[0])
+        return torch.cat(xs)
+
+
 @dataclass
 class Inputs:
     task: str
     calibration: list[torch.Tensor]
     evaluation: list[Sample]
     description: dict[str, str] = field(default_factory=dict)
+    training: TrainingSource | None = None
 
 
 def bundled_images_dir() -> Path:
@@ -187,7 +222,7 @@ def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None =
         return Inputs(task, cal, ev, {
             "calibration": f"{len(cal)} latents ~ N(0,1), seed {cfg.seed}",
             "evaluation": f"{len(ev)} latents ~ N(0,1), seed {cfg.seed + 1_000_003}",
-        })
+        }, TrainingSource(spec, task, cfg, [], 0))
 
     def where(p: str | None) -> Path:
         if p is None:
@@ -243,4 +278,4 @@ def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None =
         "calibration": f"{len(cal)} random {cal_crop}px crops of {len(calib_imgs)} images in {images_dir}",
         "evaluation": f"{len(ev)} images (center-cropped to at most {eval_side}px) in {eval_dir}",
         "task": task,
-    })
+    }, TrainingSource(spec, task, cfg, calib_imgs, cal_crop))

@@ -8,7 +8,9 @@ input checkpoint is never written.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -22,17 +24,18 @@ from typing import Any
 import torch
 
 from . import __version__
+from .compress import distill as distill_stage
 from .compress import precision as precision_stage
 from .compress import prune as prune_stage
 from .compress import quantize as quantize_stage
-from .compress.base import StageContext, StageResult
+from .compress.base import StageContext, StageResult, TrainOptions
 from .data import Inputs, make_inputs
 from .errors import RecipeError, UsageError
 from .export import runtime
 from .export.onnx import export_onnx
 from .models.load import load_generator, save_generator
 from .models.spec import Generator
-from .recipe import GateConfig, Recipe, check_implemented, load_recipe, recipe_sha256
+from .recipe import GateConfig, Recipe, load_recipe, recipe_sha256
 from .files import atomic_write_text
 from .validate.gate import check_gate, merge_gate
 from .validate.measure import Artifact, environment, measure
@@ -56,13 +59,27 @@ class ApplyResult:
         return self.out / "model.onnx"
 
 
-STAGES = {"prune": prune_stage.run, "quantize": quantize_stage.run, "precision": precision_stage.run}
+STAGES = {"prune": prune_stage.run, "distill": distill_stage.run, "quantize": quantize_stage.run,
+          "precision": precision_stage.run}
+RESUME_DIR = ".resume"  # inside --out: training checkpoints that outlive an interrupted run
 
 
 def _run_stage(kind: str, generator: Generator, ctx: StageContext, cfg: Any, out: Path) -> StageResult:
     if kind in STAGES:
         return STAGES[kind](generator, ctx, cfg, out=out)
-    raise AssertionError(f"stage {kind} reached the pipeline unimplemented")  # check_implemented stops it
+    raise AssertionError(f"stage {kind} has no implementation")  # the recipe schema allows only these
+
+
+def _resume_key(rec: Recipe, checkpoint: Path, data: Any) -> str:
+    """What a training checkpoint in OUT/.resume must match to be resumed: the recipe, the
+    checkpoint's bytes and the data options."""
+    h = hashlib.sha256()
+    h.update(recipe_sha256(rec).encode())
+    h.update(data.model_dump_json().encode())
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_out(out: Path, checkpoint: Path) -> None:
@@ -94,12 +111,19 @@ def apply(
     gate: dict[str, float | None] | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    nproc: int = 1,
+    device: str = "auto",
+    fresh: bool = False,
+    train_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> ApplyResult:
     """Apply ``recipe`` to ``checkpoint`` and write model, graphs and report into ``out``.
 
     ``images``/``eval_images`` override the recipe's ``data.images``/``data.eval_images``;
     ``gate`` overrides thresholds of its ``gate:`` (keys min_psnr, min_ssim,
     max_gt_psnr_drop, min_speedup); ``threads`` overrides ``validate.threads``.
+    Training stages (distill) run in ``nproc`` processes (DistributedDataParallel when > 1) on
+    ``device`` (auto: CUDA when present), resume from ``OUT/.resume/`` after an interruption
+    unless ``fresh``, and send progress dicts to ``train_progress``.
     Raises `ImgcompressError` on bad input; a failed gate is ``result.passed == False``.
     """
     say = progress or (lambda msg: log.info("%s", msg))
@@ -109,7 +133,6 @@ def apply(
     else:
         recipe_path = str(recipe)
         rec = load_recipe(recipe)
-    check_implemented(rec, source=recipe_path)
     ckpt_path = Path(checkpoint)
     out_dir = Path(out)
     _check_out(out_dir, ckpt_path)
@@ -132,6 +155,11 @@ def apply(
     for p in teacher.module.parameters():
         p.requires_grad_(False)
 
+    train = TrainOptions(nproc=nproc, device=device, fresh=fresh, progress=train_progress,
+                         resume_key=_resume_key(rec, ckpt_path, data_cfg))
+    if fresh:
+        shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)
+
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +167,10 @@ def apply(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        return _apply(rec, recipe_path, ckpt_path, out_dir, staging, generator, teacher, inputs, gate_cfg,
-                      n_threads, say, t_start)
+        result = _apply(rec, recipe_path, ckpt_path, out_dir, staging, generator, teacher, inputs, gate_cfg,
+                        n_threads, say, t_start, train=train)
+        shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)  # finished: nothing to resume
+        return result
     finally:
         torch.set_num_threads(prev_threads)
         shutil.rmtree(staging, ignore_errors=True)  # empty after success; half-work after a failure
@@ -148,7 +178,7 @@ def apply(
 
 def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, staging: Path, generator: Generator,
            teacher: Generator, inputs: Inputs, gate_cfg: GateConfig, n_threads: int, say: Progress,
-           t_start: float) -> ApplyResult:
+           t_start: float, *, train: TrainOptions) -> ApplyResult:
     spec = generator.spec
     ecfg, vcfg = rec.export, rec.validate_config
     export_kw = dict(opset=ecfg.opset, dynamic_batch=ecfg.dynamic_batch, dynamic_spatial=ecfg.dynamic_spatial,
@@ -168,7 +198,10 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
         if current_onnx is None:
             current_onnx = staging / "stages" / f"{i:02d}-{current.arch}-fp32.onnx"
             export_onnx(current, current_onnx, **export_kw)
-        ctx = StageContext(teacher=teacher, inputs=inputs, workdir=staging, threads=n_threads, onnx_path=current_onnx)
+        stage_train = dataclasses.replace(train, resume_path=out_dir / RESUME_DIR / f"{i:02d}-{st.kind}.pt",
+                                          resume_key=f"{train.resume_key}:{i}")
+        ctx = StageContext(teacher=teacher, inputs=inputs, workdir=staging, threads=n_threads, onnx_path=current_onnx,
+                           train=stage_train)
         try:
             res = _run_stage(st.kind, current, ctx, st, staging / "stages" / f"{i:02d}-{st.kind}.onnx")
         except RecipeError as e:  # a stage's option that does not fit this model ("prune.ignore: ...")

@@ -20,7 +20,6 @@ from .errors import RecipeError
 
 STAGE_NAMES = ("prune", "distill", "quantize", "precision")
 # Stages whose issue has not landed: the schema knows them, the pipeline refuses them.
-NOT_IMPLEMENTED = {"distill": 4}
 
 
 class _Strict(BaseModel):
@@ -295,13 +294,19 @@ class DistillLoss(_Strict):
     )
     feature: Annotated[float, Field(ge=0)] = Field(
         0.0,
-        description="Weight of the feature-map loss (through 1x1 adapters); 0 turns it off.",
+        description="Weight of the feature-map loss: MSE between teacher activations and the student's, mapped "
+        "through learned 1x1 adapters that are dropped after training (at `taps`); 0 turns it off.",
     )
-    ssim: Annotated[float, Field(ge=0)] = Field(0.0, description="Weight of the SSIM loss; 0 turns it off.")
+    ssim: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Weight of the (1 - SSIM) loss on image outputs; 0 turns it off."
+    )
 
 
 class Distill(_Strict):
-    """Knowledge distillation into a student. Reserved: lands with issue #4."""
+    """Knowledge distillation: the original (teacher) trains a student to reproduce its output on
+    training crops of the calibration images (or fresh latents); no labels needed. Adam with
+    warm-up and cosine decay; the result is the EMA of the student's weights. Resumable from
+    ``OUT/.resume/`` after an interruption; ``--nproc N`` trains with DistributedDataParallel."""
 
     kind: Literal["distill"] = "distill"
     student: Literal["pruned"] | ModelConfig = Field(
@@ -312,8 +317,20 @@ class Distill(_Strict):
         ),
     )
     steps: Annotated[int, Field(ge=1)] = Field(1000, description="Training steps.")
-    batch_size: Annotated[int, Field(ge=1)] = Field(16, description="Inputs per step.")
-    lr: Annotated[float, Field(gt=0)] = Field(2e-4, description="Peak learning rate (cosine schedule).")
+    batch_size: Annotated[int, Field(ge=1)] = Field(
+        16, description="Inputs per step (the global batch: with --nproc N each process takes 1/N of it)."
+    )
+    lr: Annotated[float, Field(gt=0)] = Field(
+        2e-4, description="Peak learning rate of Adam (linear warm-up over 5% of the steps, then cosine decay)."
+    )
+    taps: Literal["auto"] | list[str] = Field(
+        "auto",
+        description=(
+            "Where the feature loss compares activations: module names present in both models, or "
+            "`teacher_name=student_name` pairs; `auto`: up to 4 evenly spaced compute layers (Conv, ConvTranspose, "
+            "Linear) whose names both models share, not the first or last."
+        ),
+    )
     loss: DistillLoss = Field(default_factory=DistillLoss, description="The terms of the distillation loss.")
     ema: Annotated[float, Field(ge=0, lt=1)] = Field(
         0.999,
@@ -584,14 +601,3 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
 def recipe_sha256(recipe: Recipe) -> str:
     """A stable hash of the recipe's validated content (not its formatting)."""
     return hashlib.sha256(recipe.model_dump_json(by_alias=True).encode()).hexdigest()
-
-
-def check_implemented(recipe: Recipe, *, source: str = "<recipe>") -> None:
-    """Refuse stages whose implementation has not landed yet, before any work starts."""
-    for i, st in enumerate(recipe.stages):
-        if st.kind in NOT_IMPLEMENTED:
-            raise RecipeError(
-                f"{source}: stages.{i}.{st.kind}: the '{st.kind}' stage is not implemented yet in this "
-                f"version of imgcompress (tracked in issue #{NOT_IMPLEMENTED[st.kind]}); "
-                "use a recipe without it, e.g. recipes/prune_quant.yaml or recipes/int8.yaml"
-            )

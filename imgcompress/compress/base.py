@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data import Inputs
 from ..models.spec import Generator
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How training stages run, from the command line or the API rather than the recipe:
+    processes (DistributedDataParallel when > 1), device (``auto``: CUDA when present),
+    where a resumable checkpoint lives and the key it must match to be resumed, whether to
+    ignore it (``fresh``), and a callback that receives progress dicts."""
+
+    nproc: int = 1
+    device: str = "auto"
+    fresh: bool = False
+    resume_path: Path | None = None
+    resume_key: str = ""
+    progress: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -20,6 +36,7 @@ class StageContext:
     workdir: Path
     threads: int
     onnx_path: Path | None = None
+    train: TrainOptions = field(default_factory=TrainOptions)
 
 
 @dataclass

@@ -202,9 +202,6 @@ CASES: list[Case] = [
          r"recipe\.yaml: not a text file; a recipe is YAML"),
     Case("recipe-wrong-version", lambda e: apply(e, e.recipe("version: 2\nstages: [quantize]\n"), e.inp / "x.pth"),
          r"version: Input should be 1, got 2 \(line 1\)"),
-    Case("recipe-stage-not-implemented",
-         lambda e: apply(e, e.recipe("stages:\n  - distill: {steps: 10}\n  - quantize\n"), e.inp / "x.pth"),
-         r"stages\.0\.distill: the 'distill' stage is not implemented yet .*issue #4.*recipes/prune_quant\.yaml"),
     Case("recipe-graph-stage-after-precision",
          lambda e: apply(e, e.recipe("stages:\n  - precision\n  - quantize\n"), e.inp / "x.pth"),
          r"recipe\.yaml: stages\.1: 'quantize' comes after 'precision': the fp16/bf16 graph is final; "

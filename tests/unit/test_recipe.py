@@ -10,10 +10,8 @@ from pydantic import ValidationError
 
 from imgcompress.errors import RecipeError
 from imgcompress.recipe import (
-    NOT_IMPLEMENTED,
     Quantize,
     Recipe,
-    check_implemented,
     load_recipe,
     parse_recipe,
     recipe_sha256,
@@ -45,33 +43,6 @@ def test_recipes_are_shipped() -> None:
 def test_shipped_recipe_validates(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.stages
-    pending = [(i, st.kind) for i, st in enumerate(recipe.stages) if st.kind in NOT_IMPLEMENTED]
-    if not pending:
-        check_implemented(recipe, source=str(path))
-        return
-    # A recipe for a stage that has not landed is expected: the pipeline refuses it up front.
-    i, kind = pending[0]
-    with pytest.raises(RecipeError, match=rf"stages\.{i}\.{kind}: .*not implemented yet.*issue #{NOT_IMPLEMENTED[kind]}"):
-        check_implemented(recipe, source=str(path))
-
-
-def test_int8_recipe_is_runnable_today() -> None:
-    recipe = load_recipe(ROOT / "recipes" / "int8.yaml")
-    assert [st.kind for st in recipe.stages] == ["quantize"]
-    check_implemented(recipe)
-
-
-@pytest.mark.parametrize("kind", sorted(NOT_IMPLEMENTED))
-def test_check_implemented_refuses_reserved_stages(kind: str) -> None:
-    recipe = parse_recipe(f"stages:\n  - {kind}: {{}}\n")
-    with pytest.raises(RecipeError, match=rf"^x\.yaml: stages\.0\.{kind}: .*issue #{NOT_IMPLEMENTED[kind]}"):
-        check_implemented(recipe, source="x.yaml")
-
-
-def test_check_implemented_names_the_first_reserved_stage() -> None:
-    recipe = parse_recipe("stages:\n  - distill: {}\n  - quantize: {}\n  - precision: {}\n")
-    with pytest.raises(RecipeError, match=r"stages\.0\.distill"):
-        check_implemented(recipe)
 
 
 # --- error locations -----------------------------------------------------------------
