@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import imgcompress  # noqa: E402
 from imgcompress import apply, export_onnx, load_generator, load_recipe  # noqa: E402
-from imgcompress.compress.quantize import COMPUTE_OPS, node_macs  # noqa: E402
+from imgcompress.compress.quantize import COMPUTE_OPS, in_tempdir, node_macs  # noqa: E402
 from imgcompress.data import Inputs, make_inputs  # noqa: E402
 from imgcompress.export import runtime  # noqa: E402
 from imgcompress.recipe import Recipe  # noqa: E402
@@ -204,18 +204,6 @@ def measure_ceiling(threads: int, *, repeats: int, sizes: tuple[int, ...] = (512
 
 
 # ----------------------------------------------------------------------------- quantizers
-
-@contextlib.contextmanager
-def in_tempdir() -> Iterator[Path]:
-    """onnxruntime's quantizer leaves files in the cwd: run it in a temp dir."""
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="bench-q-") as d:
-        os.chdir(d)
-        try:
-            yield Path(d)
-        finally:
-            os.chdir(old)
-
 
 def ort_quantize_static(src: Path, dst: Path, calibration: list[torch.Tensor]) -> None:
     """onnxruntime's quantize_static with every option at its default (QDQ, its default op

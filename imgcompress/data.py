@@ -55,7 +55,9 @@ class TrainingSource:
         self.spec, self.task, self.cfg, self.images, self.crop = spec, task, cfg, images, crop
 
     def batch(self, step: int, size: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.LATENT_STREAM + step)
+        # mixed through SeedSequence: torch's generator gives near-identical streams for adjacent seeds
+        seed = int(np.random.SeedSequence([self.cfg.seed, self.LATENT_STREAM, step]).generate_state(1)[0])
+        g = torch.Generator().manual_seed(seed)
         if self.task == "generate":
             assert self.spec.latent_shape is not None
             return torch.randn((size, *self.spec.latent_shape), generator=g)

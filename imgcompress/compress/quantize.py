@@ -43,7 +43,7 @@ class _DropPreprocessHint(logging.Filter):
 
 
 @contextlib.contextmanager
-def _in_tempdir() -> Iterator[Path]:
+def in_tempdir() -> Iterator[Path]:
     """onnxruntime's quantizer drops temp files in the cwd (keep them out of the user's) and
     logs a hint about its pre-processing on the root logger every call (drop it)."""
     old = os.getcwd()
@@ -225,7 +225,7 @@ class Quantizer:
         extra: dict[str, object] = {"ActivationSymmetric": cfg.symmetric_activations}
         if cfg.calibration == "percentile":
             extra["CalibPercentile"] = cfg.percentile
-        with _in_tempdir(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
+        with in_tempdir(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
             quantize_static(
                 str(self.src), str(dst), Reader(),
                 quant_format=QuantFormat.QDQ,
@@ -249,7 +249,7 @@ class Quantizer:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
         if self.cfg.calibration != "minmax":
             log.info("nncf backend: calibration %r is onnxruntime's; nncf uses its own range estimators", self.cfg.calibration)
-        with _in_tempdir():
+        with in_tempdir():
             q = nncf.quantize(model, nncf.Dataset(samples), **kwargs)
         onnx.save(q, str(dst))
 

@@ -317,3 +317,44 @@ def test_task_that_does_not_fit_the_model(spec: GeneratorSpec, task: str, match:
 def test_denoise_on_an_upscaling_model_is_refused() -> None:
     with pytest.raises(DataError, match=r"upscales ×2; use task: sr"):
         resolve_task(GeneratorSpec(task="sr", scale=2), DataConfig(task="denoise"))
+
+
+# --- training batches (distillation) ---------------------------------------------------------
+
+
+def test_training_batches_come_from_calibration_images_only_and_depend_on_the_step(tmp_path: Path) -> None:
+    by_value = _write_flat(tmp_path / "imgs", 6)
+    spec = GeneratorSpec(task="translate", default_size=16)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=2, calibration_samples=4,
+                                          crop=16))
+    src = inputs.training
+    assert src is not None
+    evaluation = {s.name for s in inputs.evaluation}
+    seen = set()
+    for step in range(10):
+        batch = src.batch(step, 4)
+        assert batch.shape == (4, 3, 16, 16)
+        seen |= {_source(batch[i:i + 1], by_value) for i in range(4)}
+        assert torch.equal(batch, src.batch(step, 4))  # a function of the step: a resumed run sees the same
+    assert not seen & evaluation and len(seen) >= 3
+    assert not torch.equal(src.batch(0, 4), src.batch(1, 4))
+
+
+def test_training_batches_for_sr_are_bicubic_low_resolution_crops(tmp_path: Path) -> None:
+    _write(tmp_path / "imgs", 4, size=(80, 80))
+    spec = GeneratorSpec(task="sr", scale=2, default_size=16)
+    inputs = make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), eval_samples=1, calibration_samples=2,
+                                          crop=32))
+    assert inputs.training is not None
+    assert inputs.training.batch(0, 3).shape == (3, 3, 16, 16)
+
+
+def test_training_latents_are_fresh_and_disjoint_from_calibration_and_evaluation() -> None:
+    spec = GeneratorSpec(task="generate", input_kind="latent", latent_shape=(8, 1, 1))
+    inputs = make_inputs(spec, DataConfig(calibration_samples=4, eval_samples=2))
+    assert inputs.training is not None
+    z = inputs.training.batch(0, 4)
+    assert z.shape == (4, 8, 1, 1)
+    others = torch.cat(inputs.calibration + [s.input for s in inputs.evaluation])
+    assert all(not torch.allclose(z[i], o) for i in range(4) for o in others)
+    assert torch.equal(z, inputs.training.batch(0, 4)) and not torch.equal(z, inputs.training.batch(1, 4))

@@ -17,17 +17,6 @@ def test_spandrel_does_not_claim_it(zoo) -> None:
     assert models.spandrel_detect(zoo[NAME]) is None
 
 
-def test_infer_kwargs_rebuilds_the_module(small_kwargs, small_modules, zoo) -> None:
-    arch = models.get(NAME)
-    kw = arch.infer_kwargs(zoo[NAME])
-    assert kw == small_kwargs[NAME]
-    rebuilt = models.build(NAME, kw).eval()
-    rebuilt.load_state_dict(arch.select(zoo[NAME]), strict=True)
-    x = arch.spec(kw).example_input(size=9)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(x), small_modules[NAME](x))
-
-
 def test_forward_matches_spec(small_kwargs, small_modules) -> None:
     spec = models.get(NAME).spec(small_kwargs[NAME])
     assert (spec.task, spec.color, spec.scale) == ("sr", "rgb", 3)

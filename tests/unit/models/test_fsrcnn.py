@@ -13,18 +13,6 @@ def test_detects_fsrcnn_and_nothing_else(check_detection) -> None:
     check_detection(NAME, own=(NAME,))
 
 
-def test_infer_kwargs_rebuilds_the_module(small_kwargs, small_modules, zoo) -> None:
-    arch = models.get(NAME)
-    kw = arch.infer_kwargs(zoo[NAME])
-    # The scale is not stored in the weights: inference says 2, the recipe overrides it.
-    assert kw == {**small_kwargs[NAME], "scale": 2}
-    rebuilt = models.build(NAME, {**kw, "scale": small_kwargs[NAME]["scale"]}).eval()
-    rebuilt.load_state_dict(arch.select(zoo[NAME]), strict=True)
-    x = arch.spec(small_kwargs[NAME]).example_input(size=12)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(x), small_modules[NAME](x))
-
-
 def test_notes_say_how_to_set_the_scale() -> None:
     assert any("kwargs: {scale: 3}" in note for note in models.get(NAME).notes)
 

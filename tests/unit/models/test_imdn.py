@@ -13,17 +13,6 @@ def test_detects_imdn_and_nothing_else(check_detection) -> None:
     check_detection(NAME, own=(NAME,))
 
 
-def test_infer_kwargs_rebuilds_the_module(small_kwargs, small_modules, zoo) -> None:
-    arch = models.get(NAME)
-    kw = arch.infer_kwargs(zoo[NAME])
-    assert kw == small_kwargs[NAME]
-    rebuilt = models.build(NAME, kw).eval()
-    rebuilt.load_state_dict(arch.select(zoo[NAME]), strict=True)
-    x = arch.spec(kw).example_input(size=8)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(x), small_modules[NAME](x))
-
-
 def test_keys_follow_the_published_layout() -> None:
     keys = set(IMDN(num_blocks=2).state_dict())
     assert {"fea_conv.weight", "IMDB2.c4.weight", "IMDB1.cca.conv_du.2.bias", "c.0.weight"} <= keys
