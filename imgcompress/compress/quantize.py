@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 AUTO_OP_TYPES = ("Conv", "Gemm", "MatMul")
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 BATCH = 8
+# entropy calibration: histogram bins collected, and the int8 bins the KL search quantizes them to
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 2048, 128
 
 
 class _DropPreprocessHint(logging.Filter):
@@ -225,9 +228,16 @@ class Quantizer:
         extra: dict[str, object] = {"ActivationSymmetric": cfg.symmetric_activations}
         if cfg.calibration == "percentile":
             extra["CalibPercentile"] = cfg.percentile
-        with in_tempdir(), contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
+        with in_tempdir() as tmp, contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
+            cache = None
+            if cfg.calibration == "entropy":
+                # quantize_static builds its entropy calibrator with 128 histogram bins for 128 int8
+                # bins, which leaves the KL search one candidate (the full range, i.e. minmax) and
+                # passes no option to change that: calibrate here and hand it the ranges
+                cache = self._entropy_ranges(Reader(), tmp)
             quantize_static(
                 str(self.src), str(dst), Reader(),
+                calibration_cache_path=cache,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=self.op_types,
                 per_channel=cfg.per_channel,
@@ -237,6 +247,20 @@ class Quantizer:
                 calibrate_method=method,
                 extra_options=extra,
             )
+
+    def _entropy_ranges(self, reader: Any, tmp: Path) -> Path:
+        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+        calibrator = create_calibrator(
+            self.src, self.op_types, augmented_model_path=str(tmp / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.Entropy,
+            extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS,
+                           "symmetric": self.cfg.symmetric_activations},
+        )
+        calibrator.collect_data(reader)
+        path = tmp / "entropy_ranges.json"
+        save_tensors_data(calibrator.compute_data(), path)
+        return path
 
     def _nncf(self, dst: Path, exclude: list[str]) -> None:
         os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")

@@ -356,10 +356,6 @@ def test_minmax_and_percentile_give_different_activation_scales(trained: Any, tm
     assert len(wa) == 4 and set(wa) == set(wb) and all(np.array_equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "calibration: entropy is minmax in disguise: quantize_static (onnxruntime 1.32) gives the entropy "
-    "calibrator 128 histogram bins for 128 quantized bins, so its KL search has one candidate, the full "
-    "range; Quantizer._ort cannot pass num_bins through quantize_static and writes the minmax graph"))
 def test_entropy_calibration_clips_ranges_unlike_minmax(trained: Any, tmp_path: Path) -> None:
     a = _activation_scales(_scales(trained, tmp_path, "minmax"))
     b = _activation_scales(_scales(trained, tmp_path, "entropy"))
