@@ -64,9 +64,16 @@ from imgcompress.validate.quality import outputs, quality  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "int8.yaml"
+HAND_RUNS = ROOT / "benchmarks" / "distill_runs.md"  # appended to the report as it is
 log = logging.getLogger("bench")
 
-VARIANTS = ("torch fp32", "ORT fp32", "ORT quantize_static", "NNCF PTQ", "imgcompress int8")
+VARIANTS = ("torch fp32", "ORT fp32", "ORT quantize_static", "NNCF PTQ", "imgcompress int8", "imgcompress budgeted",
+            "imgcompress prune_quant")
+# the imgcompress variants and their shipped recipes (int8's can be replaced with --recipe)
+IMGCOMPRESS = {"imgcompress int8": ROOT / "recipes" / "int8.yaml",
+               "imgcompress budgeted": ROOT / "recipes" / "int8_budget.yaml",
+               "imgcompress prune_quant": ROOT / "recipes" / "prune_quant.yaml"}
+DISTILL_STEPS = 300  # prune_quant's distill steps in a bench run (--distill-steps); its recipe ships more
 INT8_VARIANTS = VARIANTS[2:]
 # onnxruntime CPU kernels that compute in integers (what an int8 Q/DQ pattern is fused into)
 INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "QGemm",
@@ -89,6 +96,7 @@ class Case:
     eval_images: str | None = None  # evaluation folder under SHARED/images; None: kept apart from `images`
     eval_samples: int | None = None  # None: the recipe's
     speed_size: int | None = None  # image side of the speed input; None: the recipe's validate.size or the default
+    prune_quant: bool = True  # False: training would not fit the bench's time on a small CPU
     note: str = ""
 
 
@@ -101,7 +109,9 @@ CASES = (
     Case("dcgan", "DCGAN generator (64×64 faces)", "dcgan_faces.tar"),
     Case("vae", "MNIST VAE decoder", "mnist_vae.pth"),
     Case("cyclegan", "CycleGAN ResNet generator (vintage)", "cyclegan_vintage_G_A2B.pth", images="kodak24",
-         speed_size=256),
+         speed_size=256, prune_quant=False,
+         note="imgcompress prune_quant is not run on the CycleGAN: distilling a 3 GMAC-per-64²-crop generator "
+              "does not fit a bench run on a small CPU"),
 )
 
 
@@ -353,6 +363,7 @@ class Row:
     int8_mac_share: float | None = None
     int8_nodes: int | None = None
     qdq_fp32_nodes: int | None = None
+    macs: int | None = None  # None: the original's (the variant does not change the graph's shape)
     error: str | None = None
 
 
@@ -369,7 +380,7 @@ class ModelResult:
     compute_ops: dict[str, int] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)
     rows: dict[str, Row] = field(default_factory=dict)
-    apply_info: dict[str, Any] = field(default_factory=dict)
+    apply_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # per imgcompress variant
     seconds: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -379,8 +390,9 @@ def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[:200]}"
 
 
-def bench_model(case: Case, rec: Recipe, ckpt: Path, image_dirs: dict[str, str], work: Path, *,
+def bench_model(case: Case, recipes: dict[str, Recipe], ckpt: Path, image_dirs: dict[str, str], work: Path, *,
                 threads: int, warmup: int, repeats: int, speed_size: int | None) -> ModelResult:
+    rec = recipes["imgcompress int8"]
     res = ModelResult(case)
     timer = time.perf_counter
 
@@ -410,6 +422,8 @@ def bench_model(case: Case, rec: Recipe, ckpt: Path, image_dirs: dict[str, str],
 
     paths: dict[str, Path] = {"ORT fp32": original}
     for variant in VARIANTS[2:]:
+        if variant in IMGCOMPRESS and variant not in recipes:
+            continue  # not run on this model (its recipe is missing, or the case opts out)
         row = res.rows.setdefault(variant, Row(variant))
         t0 = timer()
         try:
@@ -420,21 +434,29 @@ def bench_model(case: Case, rec: Recipe, ckpt: Path, image_dirs: dict[str, str],
                 paths[variant] = work / "nncf.onnx"
                 nncf_quantize(original, paths[variant], inputs.calibration)
             else:
-                out = work / "imgcompress"
-                result = apply(rec, ckpt, out=out, threads=threads,
-                               progress=lambda m: log.info("    imgcompress: %s", m), **image_dirs)
+                out = work / variant.replace(" ", "_")
+                result = apply(recipes[variant], ckpt, out=out, threads=threads,
+                               progress=lambda m, v=variant: log.info("    %s: %s", v, m), **image_dirs)
                 paths[variant] = result.model_path
-                stage = result.report.data["stages"][0]["info"]
+                data = result.report.data
+                stage = next(st["info"] for st in data["stages"] if st["stage"] == "quantize")
                 search = stage.get("search") or {}
-                res.apply_info = {
+                distill = next((st["info"] for st in data["stages"] if st["stage"] == "distill"), None)
+                res.apply_info[variant] = {
                     "passed": result.passed,
                     "failures": result.report.failures,
                     "kept_fp32_by_default": len(stage.get("kept_fp32_by_default", {})),
                     "fallback": len(search.get("fallback", [])),
                     "search_psnr_db": (search.get("result") or {}).get("psnr_db"),
+                    "budget": (search.get("budget") or {}).get("min_psnr_db"),
+                    "against": (search.get("budget") or {}).get("against"),
                     "budget_met": search.get("met"),
                     "skipped": stage.get("skipped"),
+                    "distill_steps": distill["steps_done"] if distill else None,
+                    "distill_s": distill["seconds"] if distill else None,
                 }
+                if distill is not None:  # a pruned graph: its own MACs
+                    row.macs = sum(graph_macs(paths[variant], x_speed).values())
         except Exception as e:  # a peer tool failing on a model is a result, not a crash
             row.error = _short_error(e)
             log.warning("  %s failed: %s", variant, row.error)
@@ -471,7 +493,8 @@ def bench_model(case: Case, rec: Recipe, ckpt: Path, image_dirs: dict[str, str],
             setattr(row, k, v)
         row.size_bytes = paths[variant].stat().st_size
         if variant in INT8_VARIANTS:
-            use = int8_use(paths[variant], per_node, threads)
+            use = int8_use(paths[variant], per_node if row.macs is None else graph_macs(paths[variant], x_speed),
+                           threads)
             row.int8_mac_share, row.int8_nodes, row.qdq_fp32_nodes = use.mac_share, use.int8_nodes, use.qdq_fp32_nodes
     res.seconds["quality"] = timer() - t0
 
@@ -531,16 +554,23 @@ def _model_notes(r: ModelResult) -> list[str]:
     if r.compute_ops and set(r.compute_ops) <= {"ConvTranspose"}:
         notes.append(f"Every compute op is ConvTranspose ({ops}), which onnxruntime's CPU int8 path does not "
                      "run in integer kernels: no quantizer can speed this graph up here.")
-    ic = rows.get("imgcompress int8")
-    if ic is not None and r.apply_info.get("skipped"):
-        notes.append("imgcompress left the graph fp32 (no op it quantizes); its row is the fp32 graph, and "
-                     "any latency difference to ORT fp32 is noise.")
-    elif ic is not None and r.apply_info:
-        a = r.apply_info
-        notes.append(f"imgcompress kept {a['kept_fp32_by_default']} compute node(s) fp32 by default (first/last "
-                     f"layer, negligible MACs) and fell back {a['fallback']} more to meet the 46 dB budget "
-                     f"({'met' if a['budget_met'] else 'not met'} on the calibration inputs"
-                     + (f", {a['search_psnr_db']:.1f} dB" if a.get("search_psnr_db") is not None else "") + ").")
+    for v, a in r.apply_info.items():
+        if rows.get(v) is None:
+            continue
+        if a.get("skipped"):
+            notes.append(f"{v} left the graph fp32 (no op it quantizes); any latency difference to the fp32 graph "
+                         "it came from is noise.")
+            continue
+        budget = (f" and fell back {a['fallback']} more to meet the {a['budget']:g} dB budget vs "
+                  f"{'the original' if a['against'] == 'original' else 'its input graph'} "
+                  f"({'met' if a['budget_met'] else 'not met'} on the calibration inputs"
+                  + (f", {a['search_psnr_db']:.1f} dB" if a.get("search_psnr_db") is not None else "") + ")"
+                  if a.get("budget") is not None else "")
+        notes.append(f"{v} kept {a['kept_fp32_by_default']} compute node(s) fp32 by default (first/last layer, "
+                     f"negligible MACs){budget}.")
+        if a.get("distill_steps"):
+            notes.append(f"{v}: pruned, then distilled for {a['distill_steps']} steps ({a['distill_s']:.0f} s; the "
+                         "shipped recipe trains longer, see the hand-run results below), then int8.")
     for v in INT8_VARIANTS:
         row = rows.get(v)
         if row is None or row.error:
@@ -551,10 +581,9 @@ def _model_notes(r: ModelResult) -> list[str]:
                          "onnxruntime runs them in fp32 (DequantizeLinear → fp32 op, no integer kernel): their "
                          f"rounding costs quality and their Q/DQ cost time; {100 * (row.int8_mac_share or 0):.0f}% "
                          f"of the MACs run in int8, {_f(speedup)}× ORT fp32.")
-    if r.macs and abs(r.macs_torch_pruning - r.macs) > 0.05 * r.macs and "ConvTranspose" in r.compute_ops:
-        notes.append(f"`imgcompress.validate.cost.macs` (torch-pruning's counter) gives {_human(r.macs_torch_pruning)} "
-                     f"MACs, {r.macs_torch_pruning / r.macs:.1f}× the graph's {_human(r.macs)}: it counts each "
-                     "ConvTranspose per output pixel, stride² times too many. The tables use the graph's count.")
+    if r.macs and abs(r.macs_torch_pruning - r.macs) > 0.01 * r.macs:
+        notes.append(f"`imgcompress.validate.cost.macs` gives {_human(r.macs_torch_pruning)} MACs where the "
+                     f"graph's compute nodes give {_human(r.macs)}. The tables use the graph's count.")
     if r.case.note:
         notes.append(r.case.note[0].upper() + r.case.note[1:] + ".")
     return notes
@@ -605,6 +634,10 @@ def to_markdown(results: list[ModelResult], meta: dict[str, Any]) -> str:
         "| imgcompress int8 | `model.onnx` of `imgcompress.apply(recipes/int8.yaml)`: per-channel int8 weights, "
         "uint8 activations at the 99.999th percentile, first/last layers fp32, fp32 fallback to a 46 dB drift "
         "budget |",
+        "| imgcompress budgeted | `recipes/int8_budget.yaml`: int8 with a 45 dB PSNR budget vs the original (greedy "
+        "sensitivity-ranked fp32 fallback) |",
+        f"| imgcompress prune_quant | `recipes/prune_quant.yaml`: prune 0.5 → distill (capped at "
+        f"{meta['distill_steps']} steps here) → int8 with a 40 dB budget vs its input; fewer MACs (its own column) |",
         "",
         "Speedups are latency ratios (higher = faster). PSNR/SSIM vs original: the variant's output against "
         "the eager torch original's on the evaluation inputs (drift). GT: against ground truth (SR: Y channel, "
@@ -657,6 +690,8 @@ def to_markdown(results: list[ModelResult], meta: dict[str, Any]) -> str:
          "few cores are skewed by the previous variant's spinning threads."),
         "",
     ]
+    if HAND_RUNS.is_file():  # long training runs make bench does not repeat, each with its command
+        lines += ["---", "", HAND_RUNS.read_text(encoding="utf-8").rstrip("\n"), ""]
     return "\n".join(lines)
 
 
@@ -709,7 +744,8 @@ def _model_section(r: ModelResult, int8_c: float, fp32_c: float) -> list[str]:
         if row.error:
             lines.append(f"| {v} | failed: `{row.error}` |" + " |" * 11)
             continue
-        rate = r.macs / (row.latency_ms / 1e3) if row.latency_ms else None
+        macs = row.macs or r.macs
+        rate = macs / (row.latency_ms / 1e3) if row.latency_ms else None
         is_int8 = v in INT8_VARIANTS
         ceil = int8_c if is_int8 else fp32_c
         of = f"{100 * rate / ceil:.1f}% of {'int8' if is_int8 else 'fp32'}" if rate else "–"
@@ -720,11 +756,12 @@ def _model_section(r: ModelResult, int8_c: float, fp32_c: float) -> list[str]:
         lines.append(
             f"| {v} | {share} | {_f(row.latency_ms)} / {_f(row.p90_ms)} | {_f(_ratio(t_ort, row.latency_ms))}× | "
             f"{_f(_ratio(t_torch, row.latency_ms))}× | {psnr} | {ssim} | {_f(row.gt_psnr_db)} | "
-            f"{_f(row.gt_ssim, '.4f')} | {_human(r.macs)} | {_human(row.size_bytes, 'B')} | "
+            f"{_f(row.gt_ssim, '.4f')} | {_human(macs)} | {_human(row.size_bytes, 'B')} | "
             f"{_f(rate / 1e9 if rate else None, '.1f')} | {of} |")
     notes = _model_notes(r)
-    if r.apply_info and not r.apply_info.get("passed"):
-        notes.append("imgcompress's gate (recipe `gate:`) failed: " + "; ".join(r.apply_info.get("failures", [])))
+    for v, a in r.apply_info.items():
+        if not a.get("passed"):
+            notes.append(f"{v}: the recipe's gate failed: " + "; ".join(a.get("failures", [])))
     lines.append("")
     lines += [f"- {n}" for n in notes]
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items())
@@ -734,7 +771,7 @@ def _model_section(r: ModelResult, int8_c: float, fp32_c: float) -> list[str]:
 
 # ----------------------------------------------------------------------------- main
 
-def build_recipe(path: Path, *, quick: bool, case: Case) -> Recipe:
+def build_recipe(path: Path, *, quick: bool, case: Case, distill_steps: int = DISTILL_STEPS) -> Recipe:
     """The recipe as imgcompress applies it here: its stages, data and export untouched except
     in --quick (smaller data) and for a case's stated eval_samples; its own timing is cut to
     the minimum, because this script re-times its model.onnx beside the others."""
@@ -743,7 +780,9 @@ def build_recipe(path: Path, *, quick: bool, case: Case) -> Recipe:
     if case.eval_samples is not None and not quick:
         data["eval_samples"] = case.eval_samples
     vcfg = rec.validate_config.model_copy(update={"repeats": 3, "warmup": 1, **({"size": QUICK_SIZE} if quick else {})})
-    return rec.model_copy(update={"data": rec.data.model_copy(update=data), "validate_": vcfg})
+    stages = [st.model_copy(update={"steps": min(st.steps, 20 if quick else distill_steps)}) if st.kind == "distill"
+              else st for st in rec.stages]
+    return rec.model_copy(update={"data": rec.data.model_copy(update=data), "validate_": vcfg, "stages": stages})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -761,6 +800,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all usable cores)")
     p.add_argument("--recipe", default=str(RECIPE.relative_to(ROOT)), help="imgcompress recipe (default: %(default)s)")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown to write (default: %(default)s)")
+    p.add_argument("--distill-steps", type=int, default=DISTILL_STEPS,
+                   help="cap on prune_quant's distillation steps (default %(default)s; 20 with --quick)")
     p.add_argument("--json", default=None, help="also write the raw results as JSON here")
     p.add_argument("--spinning", action="store_true",
                    help="leave onnxruntime's intra-op spinning on (its default); skews interleaved timings. "
@@ -811,7 +852,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="imgcompress-bench-") as tmp:
         for case in cases:
             log.info("== %s", case.key)
-            rec = build_recipe(recipe_path, quick=args.quick, case=case)
+            recipes = {v: build_recipe(recipe_path if v == "imgcompress int8" else path, quick=args.quick, case=case,
+                                       distill_steps=args.distill_steps)
+                       for v, path in IMGCOMPRESS.items()
+                       if path.is_file() and (v != "imgcompress prune_quant" or case.prune_quant)}
+            rec = recipes["imgcompress int8"]
             if case.shared:
                 assert shared is not None
                 ckpt = shared / "checkpoints" / case.file
@@ -825,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             size = QUICK_SIZE if args.quick else (case.speed_size or rec.validate_config.size)
             t0 = time.perf_counter()
             try:
-                res = bench_model(case, rec, ckpt, dirs, work, threads=threads, warmup=warmup, repeats=repeats,
+                res = bench_model(case, recipes, ckpt, dirs, work, threads=threads, warmup=warmup, repeats=repeats,
                                   speed_size=size)
             except Exception as e:  # keep going: one broken model must not lose the others' numbers
                 if os.environ.get("IMGCOMPRESS_DEBUG"):
@@ -854,6 +899,7 @@ def main(argv: list[str] | None = None) -> int:
                        + "; its own timing cut to 3 repeats, since this script re-times its model.onnx",
         "total_s": time.perf_counter() - t_start, "load_start": load_start, "load_end": _loadavg(),
         "shared": str(shared) if shared else None,
+        "distill_steps": 20 if args.quick else args.distill_steps,
     }
     md = to_markdown(results, meta)
     out = Path(args.out)

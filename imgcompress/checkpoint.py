@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .files import temp_beside
+from .files import default_mode, temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ def write_checkpoint(path: str | os.PathLike[str], state_dict: StateDict, metada
     tmp = temp_beside(p)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        os.chmod(tmp, default_mode())  # safetensors writes its file 0600
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

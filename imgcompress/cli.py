@@ -171,6 +171,7 @@ def apply(
     """Apply RECIPE to CHECKPOINT: compress, export ONNX, measure, report, gate."""
     from .pipeline import apply as run_apply
 
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 talks
     _setup_logging(quiet or as_json)
     progress = None if (quiet or as_json) else (lambda msg: err.print(f"[dim]·[/] {msg}", markup=True))
     with _TrainingBar(enabled=progress is not None and err.is_terminal) as bar:
@@ -182,12 +183,15 @@ def apply(
             train_progress=bar.update if progress is not None else None,
         )
     data = result.report.data
+    if "secondary_rank" in data:  # a torchrun rank other than 0: rank 0 prints and writes the report
+        raise typer.Exit(EXIT_PASSED)
     if as_json:
         out.print_json(json.dumps(data))
     else:
         if not quiet:
             out.print(_summary(data))
-            out.print(f"report: {out_dir / 'report.md'} · model: {out_dir / 'model.onnx'}")
+            out.print(f"report: {out_dir / 'report.md'} · {out_dir / 'report.html'} · model: {out_dir / 'model.onnx'}",
+                      soft_wrap=True)
         _print_gate(data)
     raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
 

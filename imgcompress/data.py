@@ -4,7 +4,9 @@
   downscale by the model's scale.
 - ``denoise``: the clean image is the ground truth; the input adds Gaussian noise.
 - ``translate``: the image as it is; no ground truth.
-- ``generate``: latents from N(0, 1) with a seed; no ground truth.
+- ``generate``: latents. With ``data.encoder`` (a latent decoder's encoder, e.g. TAEF2's):
+  the encoder's latents of image crops, and the image is the ground truth (the round trip);
+  without: synthetic latents from N(0, ``latent_sigma``) with a seed, no ground truth.
 
 Calibration and evaluation never share an image (or a latent seed).
 """
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .models.spec import GeneratorSpec
 from .recipe import DataConfig
 
@@ -46,21 +48,25 @@ class TrainingSource:
     resumed run sees the batches an uninterrupted one would have seen.
 
     Images: random crops (the calibration crop size) with random horizontal flips, made into
-    inputs as the task says (SR: bicubic LR; denoise: a fresh noisy copy). Latents: fresh
-    N(0, 1) draws from a stream disjoint from calibration's and evaluation's."""
+    inputs as the task says (SR: bicubic LR; denoise: a fresh noisy copy). Latents with an
+    ``encoder``: the encoder's latents of such crops. Latents without: fresh N(0, latent_sigma)
+    draws from a stream disjoint from calibration's and evaluation's (``crop`` is then the side
+    of a spatial latent, 0 for others)."""
 
     LATENT_STREAM = 2_000_029
 
-    def __init__(self, spec: GeneratorSpec, task: str, cfg: DataConfig, images: list[Image.Image], crop: int):
+    def __init__(self, spec: GeneratorSpec, task: str, cfg: DataConfig, images: list[Image.Image], crop: int,
+                 encoder: torch.nn.Module | None = None):
         self.spec, self.task, self.cfg, self.images, self.crop = spec, task, cfg, images, crop
+        self.encoder = encoder
 
     def batch(self, step: int, size: int) -> torch.Tensor:
         # mixed through SeedSequence: torch's generator gives near-identical streams for adjacent seeds
         seed = int(np.random.SeedSequence([self.cfg.seed, self.LATENT_STREAM, step]).generate_state(1)[0])
         g = torch.Generator().manual_seed(seed)
-        if self.task == "generate":
-            assert self.spec.latent_shape is not None
-            return torch.randn((size, *self.spec.latent_shape), generator=g)
+        if self.task == "generate" and self.encoder is None:
+            shape = self.spec.latent_shape_at(self.crop or None)
+            return torch.randn((size, *shape), generator=g) * self.cfg.latent_sigma
         maker = _Maker(self.spec, self.task, self.cfg)
         maker.rng = g
         xs = []
@@ -72,7 +78,9 @@ class TrainingSource:
             crop = im.crop((left, top, left + self.crop, top + self.crop))
             if bool(torch.rand((), generator=g) < 0.5):
                 crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-            xs.append(maker.pair(crop)[0])
+            xs.append(to_tensor(crop) if self.encoder is not None else maker.pair(crop)[0])
+        if self.encoder is not None:
+            return encode(self.encoder, xs)
         return torch.cat(xs)
 
 
@@ -162,7 +170,7 @@ def resolve_task(spec: GeneratorSpec, cfg: DataConfig) -> str:
         raise DataError("data.task is 'generate' but the model takes images; use sr, denoise or translate (or auto)")
     if task == "sr" and spec.scale < 2:
         raise DataError("data.task is 'sr' but the model does not upscale (scale 1); use denoise or translate")
-    if task != "sr" and spec.scale > 1:
+    if task != "sr" and spec.scale > 1 and spec.input_kind == "image":
         raise DataError(f"data.task is {task!r} but the model upscales ×{spec.scale}; use task: sr (or auto)")
     return task
 
@@ -212,42 +220,41 @@ def _split(files: list[Path], n_eval: int, source: str) -> tuple[list[Path], lis
     return calib_files, eval_files
 
 
-def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None) -> Inputs:
-    """Calibration inputs (batch-1 tensors of one shape) and evaluation samples, disjoint."""
-    task = resolve_task(spec, cfg)
-    if task == "generate":
-        assert spec.latent_shape is not None
-        g_cal = torch.Generator().manual_seed(cfg.seed)
-        g_eval = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-        cal = [torch.randn((1, *spec.latent_shape), generator=g_cal) for _ in range(cfg.calibration_samples)]
-        ev = [Sample(f"z{i}", torch.randn((1, *spec.latent_shape), generator=g_eval)) for i in range(cfg.eval_samples)]
-        return Inputs(task, cal, ev, {
-            "calibration": f"{len(cal)} latents ~ N(0,1), seed {cfg.seed}",
-            "evaluation": f"{len(ev)} latents ~ N(0,1), seed {cfg.seed + 1_000_003}",
-        }, TrainingSource(spec, task, cfg, [], 0))
+def encode(encoder: torch.nn.Module, images: list[torch.Tensor], *, chunk: int = 8) -> torch.Tensor:
+    """The encoder's latents of (1, 3, H, W) images in [0, 1] of one size, batched by ``chunk``."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), chunk):
+            out.append(encoder(torch.cat(images[i:i + chunk])))
+    return torch.cat(out).contiguous()
 
-    def where(p: str | None) -> Path:
-        if p is None:
-            return bundled_images_dir()
-        q = Path(p).expanduser()
-        return q if q.is_absolute() or base_dir is None else (base_dir / q)
 
-    images_dir = where(cfg.images)
+def _where(p: str | None, base_dir: Path | None) -> Path:
+    if p is None:
+        return bundled_images_dir()
+    q = Path(p).expanduser()
+    return q if q.is_absolute() or base_dir is None else (base_dir / q)
+
+
+def _image_files(cfg: DataConfig, base_dir: Path | None) -> tuple[Path, list[Path], Path, list[Path]]:
+    """(calibration folder, its files, evaluation folder, its files), never sharing a file."""
+    images_dir = _where(cfg.images, base_dir)
     files = list_images(images_dir)
-    if cfg.eval_images is not None and where(cfg.eval_images).resolve() != images_dir.resolve():
-        eval_dir = where(cfg.eval_images)
-        eval_files = list_images(eval_dir)[: cfg.eval_samples]
-        calib_files = files
-    else:
-        eval_dir = images_dir
-        calib_files, eval_files = _split(files, cfg.eval_samples, str(images_dir))
+    if cfg.eval_images is not None and _where(cfg.eval_images, base_dir).resolve() != images_dir.resolve():
+        eval_dir = _where(cfg.eval_images, base_dir)
+        return images_dir, files, eval_dir, list_images(eval_dir)[: cfg.eval_samples]
+    calib_files, eval_files = _split(files, cfg.eval_samples, str(images_dir))
+    return images_dir, calib_files, images_dir, eval_files
 
-    maker = _Maker(spec, task, cfg)
-    m = maker.multiple
+
+def _calibration_crops(files: list[Path], images_dir: Path, cfg: DataConfig, m: int
+                       ) -> tuple[list[Image.Image], list[Image.Image], int]:
+    """(random crops, the images they come from, the crop side): ``calibration_samples`` crops of
+    side ``crop`` rounded down to a multiple of ``m`` (smaller when every image is), with flips."""
     cal_crop = max(m, cfg.crop - cfg.crop % m)
     pyrng = random.Random(cfg.seed)
-    calib_imgs = [load_rgb(f) for f in calib_files]
-    small = [f for f, im in zip(calib_files, calib_imgs) if min(im.size) < cal_crop]
+    calib_imgs = [load_rgb(f) for f in files]
+    small = [f for f, im in zip(files, calib_imgs) if min(im.size) < cal_crop]
     if len(small) == len(calib_imgs):
         cal_crop = max(m, min(min(im.size) for im in calib_imgs) // m * m)
         log.info("calibration crop reduced to %d px to fit the images", cal_crop)
@@ -257,7 +264,7 @@ def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None =
             f"{images_dir}: every calibration image is smaller than {cal_crop} px, the least this model "
             f"takes (sides a multiple of {m}); use larger images"
         )
-    cal: list[torch.Tensor] = []
+    crops = []
     for i in range(cfg.calibration_samples):
         im = calib_imgs[i % len(calib_imgs)]
         w, h = im.size
@@ -265,15 +272,106 @@ def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None =
         crop = im.crop((left, top, left + cal_crop, top + cal_crop))
         if pyrng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        cal.append(maker.pair(crop)[0])
+        crops.append(crop)
+    return crops, calib_imgs, cal_crop
+
+
+def _eval_images(files: list[Path], side: int, m: int) -> list[tuple[Path, Image.Image]]:
+    out = []
+    for f in files:
+        im = center_crop(load_rgb(f), side)
+        if min(im.size) < m:
+            raise DataError(f"{f}: image too small ({im.size[0]}x{im.size[1]}) for a model that needs multiples of {m} px")
+        out.append((f, im))
+    return out
+
+
+def load_latent_encoder(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None) -> tuple[Path, torch.nn.Module]:
+    """The encoder named by ``data.encoder``, checked against the decoder's latents. Raises `DataError`."""
+    from .models.taesd import load_encoder
+
+    assert cfg.encoder is not None
+    path = _where(cfg.encoder, base_dir)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise DataError(f"data.encoder: {path}: {what}; set data.encoder to the encoder checkpoint of this decoder "
+                        "(e.g. taef2_encoder.pth)")
+    if not spec.spatial_latent:
+        shape = "no latent" if spec.latent_shape is None else f"latents {spec.latent_shape}"
+        raise DataError(f"data.encoder is set, but the model takes {shape}, not image-like ones (a VAE decoder's); "
+                        "remove data.encoder")
+    try:
+        encoder = load_encoder(str(path))
+    except CheckpointError as e:
+        raise DataError(f"data.encoder: {e}") from None
+    assert spec.latent_shape is not None
+    if encoder.latent_channels != spec.latent_shape[0]:
+        raise DataError(
+            f"data.encoder: {path.name} makes {encoder.latent_channels}-channel latents, but the decoder takes "
+            f"{spec.latent_shape[0]}; use the encoder of the decoder's own autoencoder"
+        )
+    if encoder.factor != spec.scale:
+        raise DataError(f"data.encoder: {path.name} downscales ×{encoder.factor}, but the decoder upscales "
+                        f"×{spec.scale}; use the encoder of the decoder's own autoencoder")
+    return path, encoder
+
+
+def _encoded_latents(spec: GeneratorSpec, cfg: DataConfig, base_dir: Path | None) -> Inputs:
+    enc_path, encoder = load_latent_encoder(spec, cfg, base_dir=base_dir)
+    m = spec.scale
+    images_dir, calib_files, eval_dir, eval_files = _image_files(cfg, base_dir)
+    crops, calib_imgs, cal_crop = _calibration_crops(calib_files, images_dir, cfg, m)
+    cal = list(encode(encoder, [to_tensor(c) for c in crops]).split(1))
+    eval_side = min(cfg.eval_crop or spec.default_size * spec.scale, cfg.max_eval_side)
+    ev = []
+    for f, im in _eval_images(eval_files, eval_side, m):
+        x = to_tensor(crop_to_multiple(im, m))
+        ev.append(Sample(f.name, encode(encoder, [x]), to_range(convert_color(x, spec.color), spec.output_range)))
+    return Inputs("generate", cal, ev, {
+        "calibration": f"{len(cal)} latents from encoder {enc_path.name} of random {cal_crop}px crops of "
+                       f"{len(calib_imgs)} images in {images_dir}",
+        "evaluation": f"{len(ev)} latents from encoder {enc_path.name} of images (center-cropped to at most "
+                      f"{eval_side}px) in {eval_dir}; ground truth: those images",
+        "task": "generate",
+    }, TrainingSource(spec, "generate", cfg, calib_imgs, cal_crop, encoder))
+
+
+def _synthetic_latents(spec: GeneratorSpec, cfg: DataConfig) -> Inputs:
+    sigma = cfg.latent_sigma
+    cal_side = max(1, cfg.crop // spec.scale) if spec.spatial_latent else 0
+    eval_side = max(1, cfg.eval_crop // spec.scale) if spec.spatial_latent and cfg.eval_crop else 0
+    g_cal = torch.Generator().manual_seed(cfg.seed)
+    g_eval = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+    cal_shape, eval_shape = spec.latent_shape_at(cal_side or None), spec.latent_shape_at(eval_side or None)
+    cal = [torch.randn((1, *cal_shape), generator=g_cal) * sigma for _ in range(cfg.calibration_samples)]
+    ev = [Sample(f"z{i}", torch.randn((1, *eval_shape), generator=g_eval) * sigma) for i in range(cfg.eval_samples)]
+    dist = f"N(0, {sigma:g})"
+    return Inputs("generate", cal, ev, {
+        "calibration": f"{len(cal)} synthetic latents {cal_shape} ~ {dist}, seed {cfg.seed}"
+                       + (" (no data.encoder: not the latents of real images)" if spec.spatial_latent else ""),
+        "evaluation": f"{len(ev)} synthetic latents {eval_shape} ~ {dist}, seed {cfg.seed + 1_000_003}",
+    }, TrainingSource(spec, "generate", cfg, [], cal_side))
+
+
+def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None) -> Inputs:
+    """Calibration inputs (batch-1 tensors of one shape) and evaluation samples, disjoint."""
+    task = resolve_task(spec, cfg)
+    if task == "generate":
+        assert spec.latent_shape is not None
+        if cfg.encoder is not None:
+            return _encoded_latents(spec, cfg, base_dir)
+        return _synthetic_latents(spec, cfg)
+
+    images_dir, calib_files, eval_dir, eval_files = _image_files(cfg, base_dir)
+    maker = _Maker(spec, task, cfg)
+    m = maker.multiple
+    crops, calib_imgs, cal_crop = _calibration_crops(calib_files, images_dir, cfg, m)
+    cal = [maker.pair(crop)[0] for crop in crops]
 
     eval_side = cfg.eval_crop or (cfg.max_eval_side if task == "sr" else spec.default_size)
     eval_side = min(eval_side, cfg.max_eval_side)
     ev: list[Sample] = []
-    for f in eval_files:
-        im = center_crop(load_rgb(f), eval_side)
-        if min(im.size) < m:
-            raise DataError(f"{f}: image too small ({im.size[0]}x{im.size[1]}) for a model that needs multiples of {m} px")
+    for f, im in _eval_images(eval_files, eval_side, m):
         x, target = maker.pair(im)
         ev.append(Sample(f.name, x, target))
     return Inputs(task, cal, ev, {

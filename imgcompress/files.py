@@ -13,13 +13,18 @@ def _umask() -> int:
     return mask
 
 
+def default_mode() -> int:
+    """The permissions a plain ``open`` gives a new file here (0666 less the umask)."""
+    return 0o666 & ~_umask()
+
+
 def temp_beside(path: Path, suffix: str = ".tmp") -> Path:
     """A new empty file in ``path``'s folder, with the permissions a plain ``open`` would give
     (mkstemp makes files 0600), for writing and then `os.replace`-ing onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, default_mode())
     finally:
         os.close(fd)
     return Path(tmp)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .models.spec import Generator
 from .recipe import GateConfig, Recipe, load_recipe, recipe_sha256
 from .files import atomic_write_text
 from .validate.gate import check_gate, merge_gate
+from .validate.html import to_html
 from .validate.measure import Artifact, environment, measure
 from .validate.report import Report, to_markdown
 
@@ -61,6 +63,7 @@ class ApplyResult:
 
 STAGES = {"prune": prune_stage.run, "distill": distill_stage.run, "quantize": quantize_stage.run,
           "precision": precision_stage.run}
+HTML_SAMPLES = 3  # evaluation inputs shown as images in report.html
 RESUME_DIR = ".resume"  # inside --out: training checkpoints that outlive an interrupted run
 
 
@@ -68,6 +71,13 @@ def _run_stage(kind: str, generator: Generator, ctx: StageContext, cfg: Any, out
     if kind in STAGES:
         return STAGES[kind](generator, ctx, cfg, out=out)
     raise AssertionError(f"stage {kind} has no implementation")  # the recipe schema allows only these
+
+
+def _torchrun() -> tuple[int, int]:
+    """(rank, world size) when torchrun launched this process, else (0, 1)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_RANK" not in os.environ:
+        return 0, 1
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _resume_key(rec: Recipe, checkpoint: Path, data: Any) -> str:
@@ -86,7 +96,7 @@ def _check_out(out: Path, checkpoint: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: exists and is not a folder; --out must name a folder")
     ck = checkpoint.resolve()
-    for name in ("model.safetensors", "model.onnx", "report.json", "report.md", "original.onnx"):
+    for name in ("model.safetensors", "model.onnx", "report.json", "report.md", "report.html", "original.onnx"):
         if (out / name).resolve() == ck:
             raise UsageError(f"--out {out} would overwrite the input checkpoint {checkpoint}; choose another folder")
 
@@ -155,21 +165,31 @@ def apply(
     for p in teacher.module.parameters():
         p.requires_grad_(False)
 
-    train = TrainOptions(nproc=nproc, device=device, fresh=fresh, progress=train_progress,
-                         resume_key=_resume_key(rec, ckpt_path, data_cfg))
-    if fresh:
+    rank, world = _torchrun()
+    if world > 1:
+        if not any(st.kind == "distill" for st in rec.stages):
+            raise UsageError(f"launched by torchrun ({world} processes), but the recipe has no training stage; "
+                             "run imgcompress apply without torchrun")
+        nproc, n_threads = world, max(1, n_threads // world)
+    train = TrainOptions(nproc=nproc, launcher="torchrun" if world > 1 else "spawn", rank=rank, device=device,
+                         fresh=fresh, progress=train_progress, resume_key=_resume_key(rec, ckpt_path, data_cfg))
+    if fresh and rank == 0:
         shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)
 
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    if rank == 0:
+        staging = out_dir / ".partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    else:  # another torchrun rank: it trains beside rank 0 and writes nothing into --out
+        staging = Path(tempfile.mkdtemp(prefix=f"imgcompress-rank{rank}-"))
     try:
         result = _apply(rec, recipe_path, ckpt_path, out_dir, staging, generator, teacher, inputs, gate_cfg,
                         n_threads, say, t_start, train=train)
-        shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)  # finished: nothing to resume
+        if rank == 0:
+            shutil.rmtree(out_dir / RESUME_DIR, ignore_errors=True)  # finished: nothing to resume
         return result
     finally:
         torch.set_num_threads(prev_threads)
@@ -206,6 +226,9 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
             res = _run_stage(st.kind, current, ctx, st, staging / "stages" / f"{i:02d}-{st.kind}.onnx")
         except RecipeError as e:  # a stage's option that does not fit this model ("prune.ignore: ...")
             raise RecipeError(f"{recipe_path}: stages.{i}.{e}") from None
+        if train.rank != 0 and not any(s.kind == "distill" for s in rec.stages[i + 1:]):
+            say(f"rank {train.rank}: training done; rank 0 measures and writes the report")
+            return ApplyResult(True, Report({"secondary_rank": train.rank}), out_dir)
         current = res.generator
         current_onnx = res.onnx_path
         name = f"{i}-{st.kind}"
@@ -221,8 +244,8 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
                           "info": res.info})
 
     say("measuring quality and speed")
-    original, art_rows, speed_info = measure(teacher, original_onnx, artifacts, inputs, cfg=vcfg,
-                                             threads=n_threads, root=staging)
+    original, art_rows, speed_info, samples = measure(teacher, original_onnx, artifacts, inputs, cfg=vcfg,
+                                                      threads=n_threads, root=staging, keep=HTML_SAMPLES)
     final = artifacts[-1]
 
     report: dict[str, Any] = {
@@ -255,6 +278,7 @@ def _apply(rec: Recipe, recipe_path: str, ckpt_path: Path, out_dir: Path, stagin
     shutil.copyfile(final.path, staging / "model.onnx")
     save_generator(final.generator, staging / "model.safetensors", recipe_sha256=report["recipe"]["sha256"])
     atomic_write_text(staging / "report.md", to_markdown(report))
+    atomic_write_text(staging / "report.html", to_html(report, samples))
     atomic_write_text(staging / "report.json", json.dumps(report, indent=2))
     say(f"writing {out_dir}")
     _move_into(staging, out_dir)

@@ -109,6 +109,8 @@ class DataConfig(_Strict):
     ``images``: a folder of images (PNG/JPEG/BMP/TIFF/WebP); none = the small set bundled
     with imgcompress. ``eval_images``: a separate folder for evaluation; none = a part of
     ``images`` kept apart from calibration. ``task`` overrides the model's (e.g. ``denoise``).
+    ``encoder``: for a latent decoder, the encoder that turns those images into realistic
+    latents; none = synthetic latents from N(0, ``latent_sigma``).
     """
 
     images: str | None = Field(
@@ -165,6 +167,24 @@ class DataConfig(_Strict):
         description=(
             "Seeds crops, flips, noise and latents; evaluation latents use a stream disjoint from "
             "calibration's."
+        ),
+    )
+    encoder: str | None = Field(
+        None,
+        description=(
+            "For a model that takes image-like latents (a VAE decoder such as `taesd_decoder`): the "
+            "checkpoint of its encoder (a TAESD-family encoder, e.g. taef2_encoder.pth). Calibration, "
+            "evaluation and distillation latents are then the encoder's latents of crops of `images` and "
+            "`eval_images` (crop sides in image pixels, rounded down to the encoder's downscale factor). "
+            "A relative path is taken like `images`. Unset: synthetic latents from N(0, latent_sigma)."
+        ),
+    )
+    latent_sigma: Annotated[float, Field(gt=0, le=100)] = Field(
+        1.0,
+        description=(
+            "Standard deviation of the synthetic latents (N(0, latent_sigma)) used when no `encoder` is set; "
+            "for a spatial latent the calibration latents' side is crop / scale, the evaluation latents' "
+            "eval_crop / scale (unset: the model's default latent side)."
         ),
     )
 
@@ -240,14 +260,27 @@ class Quantize(_Strict):
         description="Drift budget vs the original's output; when set, the most damaging layers fall back to fp32 "
         "until it is met on the search inputs.",
     )
-    search: Literal["greedy"] = Field(
+    search: Literal["greedy", "nncf"] = Field(
         "greedy",
-        description="How the budget is met: `greedy` (sensitivity-ranked fallback, then bisection).",
+        description="How the budget is met: `greedy` (sensitivity-ranked fallback, then bisection) or `nncf` "
+        "(NNCF's accuracy-aware quantization, `nncf.quantize_with_accuracy_control`, with PSNR as its metric; "
+        "needs `backend: nncf` and a `min_psnr_db`-only budget).",
     )
     search_samples: Annotated[int, Field(ge=1, le=1024)] = Field(
         16,
         description="How many calibration inputs the budget search scores on.",
     )
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> "Quantize":
+        if self.search == "nncf" and self.budget is not None:
+            if self.budget.min_ssim is not None:
+                raise ValueError("search: nncf meets a PSNR budget only (NNCF controls one metric); drop "
+                                 "budget.min_ssim, or use search: greedy for an SSIM budget")
+            if self.backend != "nncf":
+                raise ValueError("search: nncf quantizes with NNCF (nncf.quantize_with_accuracy_control); set "
+                                 "backend: nncf, or use search: greedy with backend: onnxruntime")
+        return self
 
 
 class Prune(_Strict):

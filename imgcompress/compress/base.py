@@ -14,11 +14,14 @@ from ..models.spec import Generator
 @dataclass(frozen=True)
 class TrainOptions:
     """How training stages run, from the command line or the API rather than the recipe:
-    processes (DistributedDataParallel when > 1), device (``auto``: CUDA when present),
-    where a resumable checkpoint lives and the key it must match to be resumed, whether to
-    ignore it (``fresh``), and a callback that receives progress dicts."""
+    processes (DistributedDataParallel when > 1) and who starts them (``spawn``: the stage;
+    ``torchrun``: the command was launched under torchrun, this process is ``rank``), device
+    (``auto``: CUDA when present), where a resumable checkpoint lives and the key it must match
+    to be resumed, whether to ignore it (``fresh``), and a callback that receives progress dicts."""
 
     nproc: int = 1
+    launcher: str = "spawn"
+    rank: int = 0
     device: str = "auto"
     fresh: bool = False
     resume_path: Path | None = None

@@ -245,6 +245,7 @@ class _Job:
     resume_key: str
     result_file: str
     rendezvous: str = ""
+    fresh: bool = False
     eval_every: int = 50
     log_every: int = 10
 
@@ -346,7 +347,7 @@ def _loop(rank: int, job: _Job, device: torch.device, report: Any) -> None:
     st = _State()
 
     resume = Path(job.resume_path) if job.resume_path else None
-    payload = _load_checkpoint(resume, job.resume_key) if resume else None
+    payload = _load_checkpoint(resume, job.resume_key) if resume and not job.fresh else None
     if payload is not None:
         mine = {k: tuple(v.shape) for k, v in trainee.state_dict().items()}
         saved = {k: tuple(v.shape) for k, v in payload["trainee"].items()}
@@ -511,15 +512,17 @@ def run(generator: Generator, ctx: StageContext, cfg: Distill, *, out: Path | No
     teacher_file, student_file = work / "teacher.safetensors", work / "student.safetensors"
     save_generator(teacher, teacher_file)
     save_generator(student, student_file)
-    if opts.fresh and opts.resume_path is not None:
-        opts.resume_path.unlink(missing_ok=True)
-    if opts.resume_path is not None:
+    torchrun = opts.launcher == "torchrun"
+    if opts.resume_path is not None and opts.rank == 0:
+        if opts.fresh:
+            opts.resume_path.unlink(missing_ok=True)
         opts.resume_path.parent.mkdir(parents=True, exist_ok=True)
     job = _Job(
         teacher_file=str(teacher_file), student_file=str(student_file), cfg=cfg, source=source, held_out=held,
         out_range=teacher.spec.output_range, taps=taps, threads=threads, device=device, world=opts.nproc,
         resume_path=str(opts.resume_path) if opts.resume_path else None, resume_key=opts.resume_key,
-        result_file=str(work / "result.pt"), rendezvous=f"file://{work / 'rendezvous'}",
+        result_file=str(work / "result.pt"), fresh=opts.fresh,
+        rendezvous="env://" if torchrun else f"file://{work / 'rendezvous'}",
         eval_every=max(1, min(50, cfg.checkpoint_every, cfg.steps)),
         log_every=max(1, min(10, cfg.steps // 50 or 1)),
     )
@@ -527,7 +530,11 @@ def run(generator: Generator, ctx: StageContext, cfg: Distill, *, out: Path | No
     started = _dt.datetime.now(_dt.timezone.utc)
     prev = torch.get_num_threads()
     try:
-        if opts.nproc > 1:
+        if torchrun:  # this process is one of the ranks torchrun started
+            _train(opts.rank, job, opts.progress if opts.rank == 0 else None)
+            if opts.rank != 0:  # rank 0 holds the result and writes everything
+                return StageResult(student, None, "fp32", {"rank": opts.rank})
+        elif opts.nproc > 1:
             _run_processes(job, opts.progress)
         else:
             _train(0, job, opts.progress)
@@ -562,6 +569,7 @@ def run(generator: Generator, ctx: StageContext, cfg: Distill, *, out: Path | No
         "adapter_params": state["adapter_params"],
         "batch_size": cfg.batch_size,
         "nproc": opts.nproc,
+        "launcher": opts.launcher if opts.nproc > 1 else None,
         "backend": ("nccl" if device == "cuda" else "gloo") if opts.nproc > 1 else None,
         "device": device,
         "threads_per_process": threads,

@@ -318,10 +318,15 @@ def run(generator: Generator, ctx: StageContext, cfg: Quantize, *, out: Path) ->
     elif cfg.budget is None:
         Quantizer(src, _batches(ctx.inputs.calibration), cfg, op_types).quantize(out, exclude=exclude)
     else:
-        from .search import budget_search
-
         quantizer = Quantizer(src, _batches(ctx.inputs.calibration), cfg, op_types)
-        info["search"] = budget_search(quantizer, model, ctx, cfg, exclude=exclude, out=out)
+        if cfg.search == "nncf":
+            from .nncf_search import nncf_search
+
+            info["search"] = nncf_search(quantizer, model, ctx, cfg, exclude=exclude, out=out)
+        else:
+            from .search import budget_search
+
+            info["search"] = budget_search(quantizer, model, ctx, cfg, exclude=exclude, out=out)
         exclude = exclude + [r["node"] for r in info["search"]["fallback"]]
     counts = quantized_op_counts(onnx.load(str(out)))
     info["excluded_nodes"] = exclude

@@ -39,14 +39,17 @@ def compose(fp32: onnx.ModelProto, qdq: onnx.ModelProto, quantized: set[str]) ->
     """The fp32 graph with int8 (the Q/DQ chains of ``qdq``) on exactly the nodes named in ``quantized``.
 
     ``qdq`` is the quantizer's output for the same graph with every candidate quantized; node
-    and activation names are shared between the two. Lets a search try any subset of int8
-    nodes without re-running the quantizer.
+    and activation names are shared between the two, except where the quantizer rounds a graph
+    output ``y``: its producer then writes ``y_QuantizeLinear_Input`` and Q -> DQ writes ``y``,
+    which is done here too. Lets a search try any subset of int8 nodes without re-running the
+    quantizer.
     """
     producers = {o: n for n in qdq.graph.node for o in n.output}
     q_inits = {i.name: i for i in qdq.graph.initializer}
     q_nodes = {n.name: n for n in qdq.graph.node}
     m = onnx.ModelProto()
     m.CopyFrom(fp32)
+    graph_outputs = {o.name for o in m.graph.output}
     imported: dict[str, str] = {}
     new_inits: list[onnx.TensorProto] = []
 
@@ -74,11 +77,12 @@ def compose(fp32: onnx.ModelProto, qdq: onnx.ModelProto, quantized: set[str]) ->
         node.name = p.name + SUFFIX
         del node.input[:]
         node.input.extend(ins)
+        # a graph output keeps its name (the quantizer's DQ writes it); the rest get the suffix
+        names = [o if o in graph_outputs else o + SUFFIX for o in p.output]
         del node.output[:]
-        node.output.extend(o + SUFFIX for o in p.output)
+        node.output.extend(names)
         out.append(node)
-        for o in p.output:
-            imported[o] = o + SUFFIX
+        imported.update(zip(p.output, names))
         return imported[tensor]
 
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -121,6 +125,17 @@ def compose(fp32: onnx.ModelProto, qdq: onnx.ModelProto, quantized: set[str]) ->
                     n.input[k] = chain(i, pre)
             nodes.extend(pre)
         nodes.append(n)
+        if q is not None:
+            # a rounded graph output: the node writes what the quantizer renamed it to, and the
+            # output's Q -> DQ (still named as the graph output) follows, as in the quantizer's graph
+            post: list[onnx.NodeProto] = []
+            for k, o in enumerate(n.output):
+                if (o in graph_outputs and k < len(q.output) and q.output[k] != o and q.output[k] in rounded
+                        and producers.get(o) is not None and producers[o].op_type == "DequantizeLinear"
+                        and q_source(o) == q.output[k]):
+                    n.output[k] = q.output[k]
+                    chain(o, post)
+            nodes.extend(post)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     m.graph.initializer.extend(new_inits)

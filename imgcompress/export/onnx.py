@@ -58,7 +58,8 @@ def export_onnx(
     dynamic: dict[int, str] = {}
     if dynamic_batch:
         dynamic[0] = "batch"
-    if spec.input_kind == "image" and dynamic_spatial:
+    spatial = spec.input_kind == "image" or spec.spatial_latent  # image-like input: (N, C, H, W)
+    if spatial and dynamic_spatial:
         dynamic.update({2: "height", 3: "width"})
     tmp = temp_beside(p, ".tmp.onnx")
     try:
@@ -75,7 +76,7 @@ def export_onnx(
         model = onnx.load(tmp)
         onnx.checker.check_model(model)
         check = check_against_torch(generator, tmp, tolerance=tolerance, size=size,
-                                    other_size=bool(dynamic_spatial and spec.input_kind == "image"),
+                                    other_size=bool(dynamic_spatial and spatial),
                                     batch=batch)
         os.replace(tmp, p)
     except BaseException:

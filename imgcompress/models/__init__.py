@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError
-from . import cyclegan, dcgan, espcn, fsrcnn, imdn, vae  # noqa: F401  (register the built-ins)
+from . import cyclegan, dcgan, espcn, fsrcnn, imdn, taesd, vae  # noqa: F401  (register the built-ins)
 from .registry import Arch, StateDict, detect, get, names, register
 from .spandrel_adapter import spandrel_detect, spandrel_generator
 from .spec import Generator, GeneratorSpec

@@ -19,15 +19,20 @@ class GeneratorSpec:
     - ``task`` says how evaluation inputs are made: ``sr`` (bicubic-downscaled images,
       the original image is ground truth), ``denoise`` (images plus Gaussian noise, the
       clean image is ground truth), ``translate`` (images as they are, no ground truth),
-      ``generate`` (latents sampled from N(0, 1), no ground truth).
+      ``generate`` (latents sampled from N(0, sigma), no ground truth; or, with ``data.encoder``,
+      an encoder's latents of images, which are the ground truth).
     - ``input_kind`` is ``image`` (N, C, H, W) or ``latent`` (N, *latent_shape).
     - ``color``: ``rgb`` (3 channels), ``y`` (the BT.601 luma of an RGB image, 1 channel)
       or ``gray``. Applies to the input (images) and the output.
     - ``input_range`` / ``output_range``: the value range of pixels in and out.
-    - ``scale``: output side / input side for image inputs. ``size_multiple``: image
+    - ``scale``: output side / input side for image inputs and spatial latents. ``size_multiple``: image
       sides must be a multiple of this.
     - ``latent_shape``: per-sample shape of a latent input, e.g. ``(100, 1, 1)``.
-    - ``default_size``: image input side used for MACs and speed when none is given.
+    - ``default_size``: image input side used for MACs and speed when none is given (for a
+      spatial latent: the latent side).
+    - ``spatial_latent``: the latent is image-like, ``(C, h, w)`` with any ``h, w`` (a VAE
+      decoder's): ``latent_shape`` holds the default ``(C, default_size, default_size)``, the
+      output side is ``scale`` × the latent side, and export keeps the spatial axes dynamic.
     """
 
     task: Task
@@ -39,6 +44,7 @@ class GeneratorSpec:
     size_multiple: int = 1
     latent_shape: tuple[int, ...] | None = None
     default_size: int = 64
+    spatial_latent: bool = False
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so specs compare equal.
@@ -48,10 +54,19 @@ class GeneratorSpec:
             object.__setattr__(self, "latent_shape", tuple(int(v) for v in self.latent_shape))
         if (self.input_kind == "latent") != (self.latent_shape is not None):
             raise ValueError("latent_shape is required for latent inputs and only for them")
+        if self.spatial_latent and (self.latent_shape is None or len(self.latent_shape) != 3):
+            raise ValueError("spatial_latent needs a latent input with latent_shape (C, h, w)")
 
     @property
     def channels(self) -> int:
         return 3 if self.color == "rgb" else 1
+
+    def latent_shape_at(self, size: int | None = None) -> tuple[int, ...]:
+        """Per-sample latent shape; a spatial latent takes side ``size`` when given."""
+        assert self.latent_shape is not None
+        if self.spatial_latent and size:
+            return (self.latent_shape[0], size, size)
+        return self.latent_shape
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,11 +76,13 @@ class GeneratorSpec:
         return cls(**d)
 
     def example_input(self, *, batch: int = 1, size: int | None = None, seed: int = 0) -> torch.Tensor:
-        """A deterministic input of the right shape and range (for tracing, MACs, speed)."""
+        """A deterministic input of the right shape and range (for tracing, MACs, speed).
+
+        ``size`` is the input side: of the image, or of a spatial latent (ignored for other latents)."""
         g = torch.Generator().manual_seed(seed)
         if self.input_kind == "latent":
             assert self.latent_shape is not None
-            return torch.randn((batch, *self.latent_shape), generator=g)
+            return torch.randn((batch, *self.latent_shape_at(size)), generator=g)
         side = size or self.default_size
         side = max(self.size_multiple, side - side % self.size_multiple)
         lo, hi = self.input_range

@@ -16,6 +16,7 @@ from ..export import runtime
 from ..models.spec import Generator
 from ..recipe import ValidateConfig
 from . import cost, speed
+from .metrics import normalise
 from .quality import outputs, quality
 
 
@@ -36,13 +37,27 @@ class Artifact:
     speed_note: str | None = None
 
 
+@dataclass(frozen=True)
+class SampleOutputs:
+    """One evaluation input's images as measured, for report.html: the original model's output,
+    each artifact's (by name; a precision artifact's from its quality graph, as its PSNR/SSIM) and
+    the ground truth where the task has one; all (1, C, H, W) in [0, 1] (as a viewer shows them)."""
+
+    name: str
+    original: torch.Tensor
+    artifacts: dict[str, torch.Tensor]
+    target: torch.Tensor | None = None
+
+
 def _ort(sess: ort.InferenceSession) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: runtime.run(sess, x)
 
 
 def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], inputs: Inputs, *,
-            cfg: ValidateConfig, threads: int, root: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
-    """The report's ``original``, ``artifacts`` and ``speed`` sections.
+            cfg: ValidateConfig, threads: int, root: Path, keep: int = 0,
+            ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], list[SampleOutputs]]:
+    """The report's ``original``, ``artifacts`` and ``speed`` sections, and the outputs on the
+    first ``keep`` evaluation inputs (not part of report.json; report.html shows them).
 
     Quality is on the evaluation inputs: each output against the original's (drift) and
     against ground truth where there is one. Speed: the original in torch and in onnxruntime
@@ -87,10 +102,15 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
         "ort_psnr_db": ort_q["psnr_db"], "ort_ssim": ort_q["ssim"],
         "ort_gt_psnr_db": ort_q["gt_psnr_db"], "ort_gt_ssim": ort_q["gt_ssim"],
     }
+    kept = inputs.evaluation[:keep]
+    shown: list[dict[str, torch.Tensor]] = [{} for _ in kept]
     rows = []
     for a in artifacts:
         ta = t.get(a.name)
-        q = quality(outputs(_ort(quality_sessions[a.name]), eval_x), refs, inputs, a.generator.spec)
+        outs = outputs(_ort(quality_sessions[a.name]), eval_x)
+        for d, o in zip(shown, outs):
+            d[a.name] = normalise(o, a.generator.spec.output_range)
+        q = quality(outs, refs, inputs, a.generator.spec)
         row = {
             "name": a.name, "file": str(a.path.relative_to(root)), "precision": a.precision,
             "params": cost.params(a.generator.module), "macs": macs_of(a.generator), "size_bytes": a.path.stat().st_size,
@@ -106,7 +126,10 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
         rows.append(row)
     speed_info = {"input_shape": list(x.shape), "threads": threads, "warmup": cfg.warmup,
                   "repeats": cfg.repeats, "interleaved": True}
-    return original, rows, speed_info
+    samples = [SampleOutputs(s.name, normalise(r, spec.output_range), d,
+                             None if s.target is None else normalise(s.target, spec.output_range))
+               for s, r, d in zip(kept, refs, shown)]
+    return original, rows, speed_info, samples
 
 
 def environment() -> dict[str, Any]:

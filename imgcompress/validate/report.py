@@ -1,4 +1,5 @@
-"""The report: `report.json` (schema 1) and `report.md` (a table fit for a CI job summary)."""
+"""The report: `report.json` (schema 1) and `report.md` (a table fit for a CI job summary);
+`report.html` is rendered by `validate/html.py` from the same rows."""
 
 from __future__ import annotations
 
@@ -80,9 +81,36 @@ def _human(n: float | None, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def to_markdown(report: dict[str, Any]) -> str:
+SUMMARY_COLUMNS = ("model", "precision", "params", "MACs", "size", "latency ms (median / p90)", "speedup vs ORT fp32",
+                   "vs torch fp32", "PSNR vs original", "SSIM", "GT PSNR", "GT SSIM")
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The summary table under `SUMMARY_COLUMNS`, as text cells: the originals in torch and
+    onnxruntime, then every artifact (the final one marked). report.md and report.html show these."""
     r = report
     o = r["original"]
+    rows = [
+        ["original (torch)", "fp32", _human(o["params"]), _human(o["macs"]), "–",
+         f"{_fmt(o['torch_latency_ms'])} / {_fmt(o['torch_latency_p90_ms'])}",
+         f"{_fmt(o['ort_latency_ms'] / o['torch_latency_ms'])}×", "1.00×", "–", "–", _fmt(o.get("gt_psnr_db")),
+         _fmt(o.get("gt_ssim"), ".4f")],
+        ["original (ORT)", "fp32", _human(o["params"]), _human(o["macs"]), _human(o["size_bytes"], "B"),
+         f"{_fmt(o['ort_latency_ms'])} / {_fmt(o['ort_latency_p90_ms'])}", "1.00×",
+         f"{_fmt(o['torch_latency_ms'] / o['ort_latency_ms'])}×", _fmt(o.get("ort_psnr_db")),
+         _fmt(o.get("ort_ssim"), ".4f"), _fmt(o.get("ort_gt_psnr_db")), _fmt(o.get("ort_gt_ssim"), ".4f")],
+    ]
+    for a in r["artifacts"]:
+        mark = " (final)" if a["name"] == r["final"] else ""
+        rows.append([f"{a['name']}{mark}", a["precision"], _human(a["params"]), _human(a["macs"]),
+                     _human(a["size_bytes"], "B"), f"{_fmt(a['latency_ms'])} / {_fmt(a['latency_p90_ms'])}",
+                     _times(a["speedup_vs_ort_fp32"]), _times(a["speedup_vs_torch_fp32"]), _fmt(a["psnr_db"]),
+                     _fmt(a["ssim"], ".4f"), _fmt(a.get("gt_psnr_db")), _fmt(a.get("gt_ssim"), ".4f")])
+    return rows
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    r = report
     verdict = "PASSED" if r["passed"] else "FAILED"
     lines = [
         f"## imgcompress — {Path(r['checkpoint']['path']).name}: {verdict}",
@@ -91,25 +119,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"speed input {'×'.join(map(str, r['speed']['input_shape']))}, {r['speed']['threads']} threads, "
         f"median of {r['speed']['repeats']} · quality on {r['data']['evaluation']}",
         "",
-        "| model | precision | params | MACs | size | latency ms (median / p90) | speedup vs ORT fp32 | vs torch fp32 "
-        "| PSNR vs original | SSIM | GT PSNR | GT SSIM |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| original (torch) | fp32 | {_human(o['params'])} | {_human(o['macs'])} | – | "
-        f"{_fmt(o['torch_latency_ms'])} / {_fmt(o['torch_latency_p90_ms'])} | "
-        f"{_fmt(o['ort_latency_ms'] / o['torch_latency_ms'])}× | 1.00× | – | – | {_fmt(o.get('gt_psnr_db'))} | {_fmt(o.get('gt_ssim'), '.4f')} |",
-        f"| original (ORT) | fp32 | {_human(o['params'])} | {_human(o['macs'])} | {_human(o['size_bytes'], 'B')} | "
-        f"{_fmt(o['ort_latency_ms'])} / {_fmt(o['ort_latency_p90_ms'])} | 1.00× | "
-        f"{_fmt(o['torch_latency_ms'] / o['ort_latency_ms'])}× | {_fmt(o.get('ort_psnr_db'))} | {_fmt(o.get('ort_ssim'), '.4f')} | "
-        f"{_fmt(o.get('ort_gt_psnr_db'))} | {_fmt(o.get('ort_gt_ssim'), '.4f')} |",
+        "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+        "|" + "---|" * len(SUMMARY_COLUMNS),
     ]
-    for a in r["artifacts"]:
-        mark = " (final)" if a["name"] == r["final"] else ""
-        lines.append(
-            f"| {a['name']}{mark} | {a['precision']} | {_human(a['params'])} | {_human(a['macs'])} | {_human(a['size_bytes'], 'B')} | "
-            f"{_fmt(a['latency_ms'])} / {_fmt(a['latency_p90_ms'])} | {_times(a['speedup_vs_ort_fp32'])} | "
-            f"{_times(a['speedup_vs_torch_fp32'])} | {_fmt(a['psnr_db'])} | {_fmt(a['ssim'], '.4f')} | "
-            f"{_fmt(a.get('gt_psnr_db'))} | {_fmt(a.get('gt_ssim'), '.4f')} |"
-        )
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(r)]
     lines += ["", "PSNR/SSIM vs original: the compressed output against the original model's output "
               "(drift). GT: against ground truth" + (" (Y channel, border cropped by the scale)" if r["data"]["task"] == "sr" else "") + ".", ""]
     for a in r["artifacts"]:

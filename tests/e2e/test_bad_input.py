@@ -99,6 +99,19 @@ class Env:
         sd = models.build("dcgan", {"nz": 16, "ngf": 8, "nc": 3, "num_layers": 4}).state_dict()
         return self.torch_file(name, {"netG_state_dict": sd})
 
+    def taesd(self, name: str = "taesd_decoder.pth", *, encoder: bool = False, latent: int = 4) -> Path:
+        """A small TAESD-style decoder (or its encoder), as the published files are: a plain state dict."""
+        from imgcompress.models.taesd import TAESDEncoder
+
+        torch.manual_seed(0)
+        if encoder:
+            module = TAESDEncoder(latent_channels=latent, channels=8, blocks=[1, 1, 1, 1], pool_stages=[3],
+                                  pool_channels=16)
+        else:
+            module = models.build("taesd_decoder", {"latent_channels": latent, "channels": 8,
+                                                    "blocks": [1, 1, 1, 1], "pool_channels": 16})
+        return self.torch_file(name, module.state_dict())
+
     def images(self, n: int, name: str = "images", junk: dict[str, bytes] | None = None) -> Path:
         folder = self.inp / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -307,6 +320,31 @@ CASES: list[Case] = [
     Case("images-recipe-data-images-missing",
          lambda e: apply(e, e.recipe(f"data: {{images: {e.inp / 'gone'}}}\nstages: [quantize]\n"), e.fsrcnn()),
          r"gone: no such image folder"),
+    # --- a latent decoder's encoder (data.encoder) ---
+    Case("data-encoder-missing",
+         lambda e: apply(e, e.recipe(f"data: {{encoder: {e.inp / 'gone_encoder.pth'}}}\nstages: [quantize]\n"),
+                         e.taesd()),
+         r"data\.encoder: .*gone_encoder\.pth: no such file; set data\.encoder to the encoder checkpoint of this decoder"),
+    Case("data-encoder-latent-channels-differ",
+         lambda e: apply(e, e.recipe(f"data: {{encoder: {e.taesd('enc16.pth', encoder=True, latent=16)}}}\n"
+                                     "stages: [quantize]\n"), e.taesd()),
+         r"data\.encoder: enc16\.pth makes 16-channel latents, but the decoder takes 4; use the encoder of the "
+         r"decoder's own autoencoder"),
+    Case("data-encoder-is-the-decoder",
+         lambda e: apply(e, e.recipe(f"data: {{encoder: {e.taesd()}}}\nstages: [quantize]\n"), e.taesd()),
+         r"data\.encoder: taesd_decoder\.pth: not a TAESD-family encoder .*point data\.encoder at the encoder"),
+    Case("data-encoder-truncated",
+         lambda e: apply(e, e.recipe(f"data: {{encoder: {truncated(e.taesd('enc.pth', encoder=True))}}}\n"
+                                     "stages: [quantize]\n"), e.taesd()),
+         r"data\.encoder: .*enc\.pth: unreadable torch file \(.*\); it may be truncated"),
+    Case("data-encoder-for-a-flat-latent-model",
+         lambda e: apply(e, e.recipe(f"data: {{encoder: {e.taesd('enc.pth', encoder=True)}}}\nstages: [quantize]\n"),
+                         e.dcgan()),
+         r"data\.encoder is set, but the model takes latents \(16, 1, 1\), not image-like ones"),
+    Case("data-encoder-real-taef2-decoder-as-encoder",
+         lambda e: apply(e, e.recipe(f"data: {{encoder: {e.shared('checkpoints/taef2_decoder.pth')}}}\n"
+                                     "stages: [quantize]\n"), e.shared("checkpoints/taef2_decoder.pth")),
+         r"data\.encoder: taef2_decoder\.pth: not a TAESD-family encoder", shared=True),
     # --- arguments ---
     Case("args-out-is-a-file",
          lambda e: ["apply", str(e.recipe()), str(e.fsrcnn()), "--out", str(e.write("out.txt", "keep me\n"))],

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = ("torch fp32", "ORT fp32", "ORT quantize_static", "NNCF PTQ", "imgcompress int8")
+VARIANTS = ("torch fp32", "ORT fp32", "ORT quantize_static", "NNCF PTQ", "imgcompress int8", "imgcompress budgeted",
+            "imgcompress prune_quant")
 NUM = r"\d+(?:\.\d+)?"
 
 
@@ -47,6 +48,11 @@ def test_bench_quick_example(tmp_path: Path) -> None:
         assert re.fullmatch(rf"{NUM} [kMG]?B", size), (variant, size)
         if variant != "ORT fp32":
             assert re.fullmatch(rf"{NUM}% \(\d+/\d+ nodes\)", int8_macs), (variant, int8_macs)
-            assert 20.0 < float(psnr.lstrip("≥ ")) < 100.0  # int8 changes the output, but not to noise
+            assert 10.0 < float(psnr.lstrip("≥ ")) < 100.0  # int8 changes the output, but not to noise
+    # pruning: fewer MACs than the original's graph, in its own column
+    macs = {v: rows[v][9] for v in VARIANTS}
+    scale = {"k": 1e3, "M": 1e6, "G": 1e9}
+    value = {v: float(m.split()[0]) * scale[m.split()[1]] for v, m in macs.items()}
+    assert value["imgcompress prune_quant"] * 2.5 < value["imgcompress int8"] == value["ORT fp32"]
     assert rows["ORT fp32"][1] == "0%"
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob("*.data"))

@@ -96,3 +96,22 @@ def test_nproc_that_does_not_divide_the_batch_is_bad_input(tmp_path: Path) -> No
     assert res.stderr.strip().splitlines()[-1] == (
         "error: --nproc 3 does not divide distill.batch_size 8; choose a batch size that is a multiple of the "
         "process count")
+
+
+def test_the_same_command_under_torchrun_trains_with_ddp_and_rank_0_writes(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip(f"no torchrun beside {sys.executable}")
+    out = tmp_path / "tr"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "imgcompress.cli", "apply",
+           str(_recipe(tmp_path, 20)), str(EXAMPLE), "--out", str(out), "--threads", "2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    info = report["stages"][1]["info"]
+    assert info["nproc"] == 2 and info["launcher"] == "torchrun" and info["backend"] == "gloo"
+    assert info["ranks_max_param_diff"] == 0.0 and info["steps_done"] == 20
+    assert res.stdout.count("imgcompress: espcn_x2.safetensors") == 1  # one summary: rank 0's
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["model.onnx", "model.safetensors", "original.onnx", "report.json", "report.md", "stages"]
+        + [n for n in ("report.html",) if (out / n).exists()])

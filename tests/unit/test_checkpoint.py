@@ -62,6 +62,15 @@ def test_write_copies_tensors_not_views(tmp_path: Path) -> None:
     assert torch.equal(raw.state_dict["t"], base.t()) and torch.equal(raw.state_dict["row"], base[1])
 
 
+def test_written_file_has_the_permissions_of_a_plain_open(tmp_path: Path, sd: dict[str, torch.Tensor]) -> None:
+    mask = os.umask(0o022)
+    try:
+        p = write_checkpoint(tmp_path / "m.safetensors", sd, {"arch": "x"})
+    finally:
+        os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o644  # safetensors alone writes 0600
+
+
 def test_write_is_atomic_and_leaves_no_temp_file(tmp_path: Path, sd: dict[str, torch.Tensor]) -> None:
     write_checkpoint(tmp_path / "m.safetensors", sd, {"arch": "a"})
     write_checkpoint(tmp_path / "m.safetensors", sd, {"arch": "b"})  # overwrite in place

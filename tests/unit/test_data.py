@@ -358,3 +358,118 @@ def test_training_latents_are_fresh_and_disjoint_from_calibration_and_evaluation
     others = torch.cat(inputs.calibration + [s.input for s in inputs.evaluation])
     assert all(not torch.allclose(z[i], o) for i in range(4) for o in others)
     assert torch.equal(z, inputs.training.batch(0, 4)) and not torch.equal(z, inputs.training.batch(1, 4))
+
+
+# --- latents of a VAE decoder: an encoder's of real images, or synthetic ---------------------------
+
+SMALL_ENCODER = {"latent_channels": 4, "channels": 8, "in_channels": 3, "blocks": [1, 2, 1], "pool_stages": [2],
+                 "pool_channels": 16, "pool_groups": 4}  # ÷4, 4 latent channels
+DECODER_SPEC = GeneratorSpec(task="generate", input_kind="latent", latent_shape=(4, 8, 8), spatial_latent=True,
+                             scale=4, default_size=8)
+
+
+def _encoder_file(tmp_path: Path, **overrides: object) -> tuple[Path, torch.nn.Module]:
+    from imgcompress.models.taesd import TAESDEncoder
+
+    torch.manual_seed(0)
+    enc = TAESDEncoder(**{**SMALL_ENCODER, **overrides}).eval()
+    p = tmp_path / "encoder.pth"
+    torch.save(enc.state_dict(), p)
+    return p, enc
+
+
+def test_encoder_latents_come_from_calibration_and_evaluation_images(tmp_path: Path) -> None:
+    by_value = _write_flat(tmp_path / "imgs", 6, size=48)
+    path, enc = _encoder_file(tmp_path)
+    cfg = DataConfig(images=str(tmp_path / "imgs"), encoder=str(path), eval_samples=2, calibration_samples=6,
+                     crop=18, eval_crop=40)
+    inputs = make_inputs(DECODER_SPEC, cfg)
+    assert inputs.task == "generate"
+    # crops rounded down to the encoder's ÷4; a flat image's crop tells which file it came from
+    assert all(x.shape == (1, 4, 4, 4) for x in inputs.calibration)
+    with torch.no_grad():
+        code = {name: enc(torch.full((1, 3, 16, 16), v / 255.0)) for v, name in by_value.items()}
+    calib = {next(n for n, z in code.items() if torch.allclose(x, z, atol=1e-5)) for x in inputs.calibration}
+    evaluation = {s.name for s in inputs.evaluation}
+    assert len(evaluation) == 2 and not calib & evaluation and len(calib) == 4
+    for s in inputs.evaluation:  # the whole 40 px centre crop, and the image is the ground truth
+        assert s.input.shape == (1, 4, 10, 10) and s.target is not None and s.target.shape == (1, 3, 40, 40)
+        value = round(float(s.target.mean()) * 255)
+        assert by_value[value] == s.name
+        with torch.no_grad():
+            assert torch.allclose(s.input, enc(s.target), atol=1e-5)
+    d = inputs.description
+    assert "from encoder encoder.pth of random 16px crops of 4 images" in d["calibration"]
+    assert "ground truth" in d["evaluation"]
+    again = make_inputs(DECODER_SPEC, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(inputs.calibration, again.calibration))
+
+
+def test_encoder_training_batches_are_step_seeded_latents_of_calibration_crops(tmp_path: Path) -> None:
+    by_value = _write_flat(tmp_path / "imgs", 6, size=48)
+    path, enc = _encoder_file(tmp_path)
+    inputs = make_inputs(DECODER_SPEC, DataConfig(images=str(tmp_path / "imgs"), encoder=str(path), eval_samples=2,
+                                                  calibration_samples=2, crop=16))
+    src = inputs.training
+    assert src is not None
+    with torch.no_grad():
+        code = {name: enc(torch.full((1, 3, 16, 16), v / 255.0)) for v, name in by_value.items()}
+    seen = set()
+    for step in range(6):
+        z = src.batch(step, 3)
+        assert z.shape == (3, 4, 4, 4)
+        assert torch.equal(z, src.batch(step, 3))
+        seen |= {next(n for n, c in code.items() if torch.allclose(z[i:i + 1], c, atol=1e-5)) for i in range(3)}
+    assert seen and not seen & {s.name for s in inputs.evaluation}
+
+
+def test_without_encoder_spatial_latents_are_synthetic_with_sigma(tmp_path: Path) -> None:
+    cfg = DataConfig(calibration_samples=8, eval_samples=2, crop=24, latent_sigma=0.5)
+    inputs = make_inputs(DECODER_SPEC, cfg)
+    assert all(x.shape == (1, 4, 6, 6) for x in inputs.calibration)  # crop / scale
+    assert all(s.input.shape == (1, 4, 8, 8) and s.target is None for s in inputs.evaluation)  # default side
+    assert float(torch.cat(inputs.calibration).std()) == pytest.approx(0.5, rel=0.2)
+    assert "synthetic latents" in inputs.description["calibration"]
+    assert inputs.training is not None and inputs.training.batch(0, 2).shape == (2, 4, 6, 6)
+    wide = make_inputs(DECODER_SPEC, cfg.model_copy(update={"eval_crop": 48}))
+    assert wide.evaluation[0].input.shape == (1, 4, 12, 12)
+
+
+def test_latent_sigma_scales_flat_latents_and_one_is_unchanged() -> None:
+    spec = GeneratorSpec(task="generate", input_kind="latent", latent_shape=(16, 1, 1))
+    one = make_inputs(spec, DataConfig(calibration_samples=3, eval_samples=2))
+    two = make_inputs(spec, DataConfig(calibration_samples=3, eval_samples=2, latent_sigma=2.0))
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(one.calibration[0], torch.randn((1, 16, 1, 1), generator=g))  # as before latent_sigma
+    assert torch.allclose(two.calibration[1], 2 * one.calibration[1])
+    assert torch.allclose(two.training.batch(3, 2), 2 * one.training.batch(3, 2))
+
+
+@pytest.mark.parametrize(("case", "match"), [
+    ("missing", r"data\.encoder: .*gone\.pth: no such file; set data\.encoder to the encoder checkpoint"),
+    ("channels", r"data\.encoder: encoder\.pth makes 8-channel latents, but the decoder takes 4; use the encoder of"),
+    ("factor", r"data\.encoder: encoder\.pth downscales ×8, but the decoder upscales ×4"),
+    ("not-an-encoder", r"data\.encoder: encoder\.pth: not a TAESD-family encoder"),
+    ("flat-latent", r"data\.encoder is set, but the model takes latents \(16, 1, 1\), not image-like ones"),
+])
+def test_encoder_errors_are_data_errors(tmp_path: Path, case: str, match: str) -> None:
+    _write(tmp_path / "imgs", 4, size=(48, 48))
+    spec = DECODER_SPEC
+    if case == "missing":
+        path = tmp_path / "gone.pth"
+    elif case == "channels":
+        path, _ = _encoder_file(tmp_path, latent_channels=8)
+    elif case == "factor":
+        path, _ = _encoder_file(tmp_path, blocks=[1, 1, 1, 1])
+    elif case == "not-an-encoder":
+        path = tmp_path / "encoder.pth"
+        torch.save({"fc3.weight": torch.zeros(4, 4)}, path)
+    else:
+        path, _ = _encoder_file(tmp_path)
+        spec = GeneratorSpec(task="generate", input_kind="latent", latent_shape=(16, 1, 1))
+    with pytest.raises(DataError, match=match):
+        make_inputs(spec, DataConfig(images=str(tmp_path / "imgs"), encoder=str(path)))
+
+
+def test_upscaling_latent_decoder_is_a_generate_model() -> None:
+    assert resolve_task(DECODER_SPEC, DataConfig()) == "generate"

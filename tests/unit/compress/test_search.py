@@ -111,10 +111,6 @@ def test_compose_never_mutates_its_inputs(graphs: dict[str, Any]) -> None:
         assert (fp32.SerializeToString(), qdq.SerializeToString()) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "compose drops the output Q/DQ of a quantized node that writes a graph output: onnxruntime renames "
-    "that node's output to '<output>_QuantizeLinear_Input' and adds Q->DQ producing '<output>'; compose "
-    "only rewires node inputs, so the composed graph's output is not rounded (fsrcnn's last ConvTranspose)"))
 def test_compose_rounds_a_graph_output_like_the_quantizer(small: Callable[[str], Any], tmp_path: Path,
                                                           run_graph: Callable[..., torch.Tensor]) -> None:
     m = small("fsrcnn")
@@ -126,7 +122,17 @@ def test_compose_rounds_a_graph_output_like_the_quantizer(small: Callable[[str],
     x = torch.cat(m.inputs.calibration)
     assert _max_diff(run_graph(compose(m.graph, qdq, set(nodes)), x), run_graph(qdq, x)) == 0.0
     alone = qz.quantize(tmp_path / "alone.onnx", exclude=[n for n in nodes if n != last])
-    assert _max_diff(run_graph(compose(m.graph, qdq, {last}), x), run_graph(alone, x)) == 0.0
+    composed = compose(m.graph, qdq, {last})
+    assert _max_diff(run_graph(composed, x), run_graph(alone, x)) == 0.0
+    # the same wiring as the quantizer's: the node writes '<output>_QuantizeLinear_Input', Q -> DQ writes the output
+    onnx.checker.check_model(composed)
+    for g in (composed, onnx.load(str(alone))):
+        (y,) = [o.name for o in g.graph.output]
+        writer = {o: n for n in g.graph.node for o in n.output}
+        assert writer[y].op_type == "DequantizeLinear"
+        assert writer[writer[y].input[0]].op_type == "QuantizeLinear"
+        assert writer[writer[writer[y].input[0]].input[0]].name == last
+        assert writer[y + "_QuantizeLinear_Input"].name == last
 
 
 # --- the budget search, through the stage ----------------------------------------------------

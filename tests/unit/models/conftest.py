@@ -18,7 +18,12 @@ SMALL_KWARGS: dict[str, dict[str, Any]] = {
     "cyclegan_resnet": {"in_channels": 3, "out_channels": 3, "ngf": 8, "n_blocks": 3, "n_downsampling": 3},
     "mnist_vae_decoder": {"latent_dim": 8, "hidden": 32, "side": 14},
     "espcn": {"scale": 3, "channels": 3, "features": 16, "num_body": 2},
+    "taesd_decoder": {"latent_channels": 4, "channels": 8, "out_channels": 3, "blocks": [2, 1, 1],
+                      "pool_stages": [0], "pool_channels": 16, "pool_groups": 4},
 }
+# the encoder of the small TAESD (not a generator: only data.encoder loads it)
+SMALL_TAESD_ENCODER: dict[str, Any] = {"latent_channels": 4, "channels": 8, "in_channels": 3, "blocks": [1, 2, 1],
+                                       "pool_stages": [2], "pool_channels": 16, "pool_groups": 4}
 
 
 def compact_state_dict(*, num_feat: int = 16, num_conv: int = 2, scale: int = 2) -> dict[str, torch.Tensor]:
@@ -48,6 +53,11 @@ def small_kwargs() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def small_taesd_encoder() -> dict[str, Any]:
+    return SMALL_TAESD_ENCODER
+
+
+@pytest.fixture(scope="session")
 def small_modules() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     return {name: models.build(name, kw).eval() for name, kw in SMALL_KWARGS.items()}
@@ -68,6 +78,13 @@ def zoo(small_modules: dict[str, torch.nn.Module]) -> dict[str, dict[str, torch.
         **vae,
     }
     sds["spandrel_compact"] = compact_state_dict()
+    from imgcompress.models.taesd import TAESDEncoder
+
+    torch.manual_seed(1)
+    encoder = TAESDEncoder(**SMALL_TAESD_ENCODER).state_dict()
+    sds["taesd_encoder"] = encoder
+    sds["taesd_whole"] = {**{f"encoder.{k}": v for k, v in encoder.items()},
+                          **{f"decoder.{k}": v for k, v in sds["taesd_decoder"].items()}}
     return sds
 
 

@@ -10,7 +10,7 @@ import torch
 
 from imgcompress import models
 
-# (arch, zoo entry, image input side) — the VAE's entry is the whole VAE's state dict
+# (arch, zoo entry, input side) — the VAEs' entries are the whole autoencoders' state dicts
 CASES = [
     ("cyclegan_resnet", "cyclegan_resnet", 16),
     ("dcgan", "dcgan", None),
@@ -18,6 +18,7 @@ CASES = [
     ("fsrcnn", "fsrcnn", 12),
     ("imdn", "imdn", 8),
     ("mnist_vae_decoder", "mnist_vae_full", None),
+    ("taesd_decoder", "taesd_whole", 5),
 ]
 # what the weights cannot tell: inference gives the default, the recipe overrides it
 NOT_IN_WEIGHTS: dict[str, dict[str, Any]] = {"fsrcnn": {"scale": 2}}
