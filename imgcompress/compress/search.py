@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,7 @@ def budget_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg
     from .quantize import node_macs, quantized_op_counts
 
     assert cfg.budget is not None
+    start = time.perf_counter()
     score = _Scorer(ctx, cfg.search_samples, with_ssim=cfg.budget.min_ssim is not None, against=cfg.budget.against,
                     model=model)
 
@@ -212,6 +214,7 @@ def budget_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg
         "evaluations": 1,
     }
     if result["met"]:
+        result["seconds"] = time.perf_counter() - start
         return result
 
     dq_out = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -263,5 +266,6 @@ def budget_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg
         "result": {"psnr_db": tried[k][0], "ssim": tried[k][1]},
         "met": _meets(tried[k], cfg),
         "evaluations": 1 + len(rows) + len(tried) - 1,
+        "seconds": time.perf_counter() - start,
     })
     return result
