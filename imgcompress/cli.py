@@ -6,13 +6,14 @@ Exit codes (mapped here, and only here): 0 passed, 1 gate failed, 2 bad input,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
@@ -53,7 +54,8 @@ def _errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _logging_restored():
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except ImgcompressError as e:
@@ -75,10 +77,39 @@ def _errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+NOISY_LOGGERS = ("nncf", "onnxruntime", "torch", "spandrel")
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """A command configures logging for itself; put the process's logging back when it ends.
+
+    Called in-process (typer's CliRunner, a notebook, a deployment script) the command's
+    handler would otherwise outlive the stream it writes to and break every later log call.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    noisy = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    try:
+        yield
+    finally:
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, lvl in noisy.items():
+            logging.getLogger(name).setLevel(lvl)
+
+
 def _setup_logging(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("nncf", "onnxruntime", "torch", "spandrel"):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]  # the ones there before come back when the command ends
+    root.setLevel(level)
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -9,7 +9,6 @@ Most cases run the CLI in-process (typer's CliRunner: torch is imported once); a
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import pickle
 import random
@@ -17,7 +16,7 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -397,16 +396,6 @@ def run_subprocess(args: list[str], cwd: Path) -> Outcome:
     return Outcome(p.returncode, p.stdout, p.stderr)
 
 
-@pytest.fixture
-def keep_logging() -> Iterator[None]:
-    """The CLI points the root logger at (CliRunner's) stderr; put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def run_in_process(args: list[str], cwd: Path) -> Outcome:
     from typer.testing import CliRunner
 
@@ -461,7 +450,7 @@ def test_corpus_is_big_and_unique() -> None:
 
 
 @pytest.mark.parametrize("case", _params())
-def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest, keep_logging: None) -> None:
+def test_bad_input(case: Case, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     env = Env(tmp_path, lambda: request.getfixturevalue("shared_dir"))
     args = case.make(env)
     before = sha256_tree(env.inp, *env.watched)

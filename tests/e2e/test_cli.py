@@ -56,3 +56,19 @@ def test_apply_json_prints_only_the_report(tmp_path: Path) -> None:
     # the same run's markdown summary names every artifact and the verdict
     md = (tmp_path / "o" / "report.md").read_text()
     assert "| 0-quantize (final) |" in md and "PASSED" in md
+
+
+def test_a_command_run_in_process_leaves_logging_as_it_found_it() -> None:
+    """CliRunner's stderr is closed after the call: a handler left on it breaks every later log call."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    nncf_level = logging.getLogger("nncf").level
+    res = runner.invoke(app, ["inspect", "--archs"])
+    assert res.exit_code == 0
+    assert root.handlers == handlers and root.level == level
+    assert logging.getLogger("nncf").level == nncf_level
+    res = runner.invoke(app, ["inspect", "no-such-file.pth"])  # the error path restores it too
+    assert res.exit_code == 2
+    assert root.handlers == handlers and root.level == level
