@@ -17,7 +17,9 @@ def describe(path: str | os.PathLike[str], *, arch: str | None = None, size: int
     g = load_generator(path, model={"arch": arch} if arch else None)
     spec = g.spec
     x = spec.example_input(batch=1, size=size)
-    if spec.input_kind == "latent":
+    if spec.input_kind == "latent" and spec.spatial_latent:
+        inp = f"image-like latent ({x.shape[1]}, h, w), any h, w (MACs at {x.shape[2]}×{x.shape[3]})"
+    elif spec.input_kind == "latent":
         inp = f"latent {tuple(x.shape[1:])} ~ N(0,1)"
     else:
         inp = f"{spec.color} image in [{spec.input_range[0]:g}, {spec.input_range[1]:g}], sides a multiple of {spec.size_multiple}"

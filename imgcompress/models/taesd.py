@@ -318,7 +318,7 @@ ARCH = register(
         infer_kwargs=infer_kwargs,
         select=select,
         description="TAESD-family tiny VAE decoder (TAESD/XL/3, TAEF1, TAEF2): latent (C, h, w) → RGB ×8",
-        notes=(f"GroupNorm groups are not in the weights; {DEFAULT_POOL_GROUPS} assumed (TAEF2).",
-               "Feed it realistic latents with data.encoder (its encoder checkpoint)."),
+        notes=(f"GroupNorm groups are not in the weights: {DEFAULT_POOL_GROUPS} assumed (as TAEF2)",
+               "feed it realistic latents with data.encoder (its encoder checkpoint)"),
     )
 )

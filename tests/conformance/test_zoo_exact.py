@@ -25,6 +25,7 @@ FILES = {
     "dcgan": "dcgan_faces.tar",
     "mnist_vae_decoder": "mnist_vae.pth",
     "cyclegan_resnet": "cyclegan_vintage_G_A2B.pth",
+    "taesd_decoder": "taef2_decoder.pth",
 }
 
 
@@ -128,6 +129,27 @@ def ref_imdn(w: Tensors, x: torch.Tensor) -> torch.Tensor:
     return F.pixel_shuffle(conv(h, "upsampler.0"), 4)
 
 
+def ref_taef2_decoder(w: Tensors, z: torch.Tensor) -> torch.Tensor:
+    w = {k: v.float() for k, v in w.items()}  # the file is fp16
+
+    def block(h: torch.Tensor, i: int) -> torch.Tensor:
+        if f"{i}.pool.0.weight" in w:
+            p = F.relu(F.group_norm(F.conv2d(h, w[f"{i}.pool.0.weight"]), 4, w[f"{i}.pool.1.weight"],
+                                    w[f"{i}.pool.1.bias"]))
+            h = h + F.conv2d(p, w[f"{i}.pool.3.weight"])
+        r = F.relu(F.conv2d(h, w[f"{i}.conv.0.weight"], w[f"{i}.conv.0.bias"], padding=1))
+        r = F.relu(F.conv2d(r, w[f"{i}.conv.2.weight"], w[f"{i}.conv.2.bias"], padding=1))
+        return F.relu(F.conv2d(r, w[f"{i}.conv.4.weight"], w[f"{i}.conv.4.bias"], padding=1) + h)
+
+    h = F.relu(F.conv2d(torch.tanh(z / 3) * 3, w["1.weight"], w["1.bias"], padding=1))
+    for stage in ((3, 4, 5), (8, 9, 10), (13, 14, 15), (18,)):
+        if stage[0] != 3:
+            h = F.conv2d(F.interpolate(h, scale_factor=2, mode="nearest"), w[f"{stage[0] - 1}.weight"], padding=1)
+        for i in stage:
+            h = block(h, i)
+    return F.conv2d(h, w["19.weight"], w["19.bias"], padding=1)
+
+
 def ref_compact(w: Tensors, x: torch.Tensor) -> torch.Tensor:
     h = x
     for i in range(0, 34, 2):
@@ -209,6 +231,17 @@ def test_realesr_compact_loads_through_spandrel(shared_dir: Path) -> None:
     assert torch.equal(y, ref_compact(raw["params"], x))
 
 
+@torch.no_grad()
+def test_taef2_decoder_matches_reference(shared_dir: Path) -> None:
+    sd = raw_state_dict(shared_dir, FILES["taesd_decoder"])
+    assert len(sd) == 79 and all(v.dtype == torch.float16 for v in sd.values())
+    module = load_builtin(sd, "taesd_decoder")
+    z = torch.randn(2, 32, 6, 5, generator=torch.Generator().manual_seed(0)) * 2
+    y = module(z)
+    assert y.shape == (2, 3, 48, 40)
+    assert torch.equal(y, ref_taef2_decoder(sd, z))
+
+
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_detection_is_unambiguous(shared_dir: Path, name: str) -> None:
     sd = raw_state_dict(shared_dir, FILES[name])
@@ -216,7 +249,7 @@ def test_detection_is_unambiguous(shared_dir: Path, name: str) -> None:
     assert models.spandrel_detect(sd) is None
 
 
-@pytest.mark.parametrize("name", ["taef2_decoder.pth", "taef2_encoder.pth", "realesr-animevideov3.pth"])
+@pytest.mark.parametrize("name", ["taef2_encoder.pth", "realesr-animevideov3.pth"])
 def test_no_zoo_arch_claims_other_files(shared_dir: Path, name: str) -> None:
     sd = raw_state_dict(shared_dir, name)
     for arch in FILES:
