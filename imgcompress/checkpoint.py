@@ -49,6 +49,8 @@ CONTAINER_KEYS = (
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".tar", ".bin")
+# The weights of a diffusers model folder, best first.
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
 @dataclass
@@ -82,10 +84,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
     if not p.exists():
         raise CheckpointError(f"{p}: no such file; check the checkpoint path")
     if p.is_dir():
-        raise CheckpointError(
-            f"{p}: is a folder; pass a .safetensors or .pth/.pt/.ckpt file "
-            "(diffusers model folders are not supported yet)"
-        )
+        return _read_model_folder(p)
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: the file is empty; re-download or re-save the checkpoint")
     kind = _sniff(p)
@@ -97,6 +96,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> RawCheckpoint:
         f"{p}: not a checkpoint (neither safetensors nor a torch file); "
         "pass a .safetensors or .pth/.pt/.ckpt file"
     )
+
+
+def _read_model_folder(p: Path) -> RawCheckpoint:
+    """A diffusers model folder: the weights beside its config.json (the config is the model
+    loader's business)."""
+    if not (p / "config.json").is_file():
+        raise CheckpointError(f"{p}: is a folder without config.json; pass a .safetensors or .pth/.pt/.ckpt file, "
+                              "or a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)")
+    for name in DIFFUSERS_WEIGHTS:
+        if (p / name).is_file():
+            raw = read_checkpoint(p / name)
+            return RawCheckpoint(p, raw.state_dict, raw.metadata, f"diffusers folder ({name})", raw.notes)
+    raise CheckpointError(f"{p}: no {' or '.join(DIFFUSERS_WEIGHTS)} beside config.json; the model folder is incomplete")
 
 
 def _read_safetensors(p: Path) -> RawCheckpoint:

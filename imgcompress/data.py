@@ -288,20 +288,21 @@ def _eval_images(files: list[Path], side: int, m: int) -> list[tuple[Path, Image
 
 def load_latent_encoder(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None) -> tuple[Path, torch.nn.Module]:
     """The encoder named by ``data.encoder``, checked against the decoder's latents. Raises `DataError`."""
-    from .models.taesd import load_encoder
+    from .models import diffusers_adapter, taesd
 
     assert cfg.encoder is not None
     path = _where(cfg.encoder, base_dir)
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "no such file"
+    folder = diffusers_adapter.is_model_folder(path)
+    if not path.is_file() and not folder:
+        what = "is a folder without a diffusers config.json" if path.is_dir() else "no such file"
         raise DataError(f"data.encoder: {path}: {what}; set data.encoder to the encoder checkpoint of this decoder "
-                        "(e.g. taef2_encoder.pth)")
+                        "(e.g. taef2_encoder.pth) or its diffusers autoencoder folder")
     if not spec.spatial_latent:
         shape = "no latent" if spec.latent_shape is None else f"latents {spec.latent_shape}"
         raise DataError(f"data.encoder is set, but the model takes {shape}, not image-like ones (a VAE decoder's); "
                         "remove data.encoder")
     try:
-        encoder = load_encoder(str(path))
+        encoder = diffusers_adapter.load_encoder(path) if folder else taesd.load_encoder(str(path))
     except CheckpointError as e:
         raise DataError(f"data.encoder: {e}") from None
     assert spec.latent_shape is not None

@@ -7,6 +7,7 @@ from typing import Any
 
 from .checkpoint import read_checkpoint
 from .models import registry
+from .models.diffusers_adapter import DIFFUSERS
 from .models.load import load_generator
 from .validate import cost
 
@@ -27,7 +28,7 @@ def describe(path: str | os.PathLike[str], *, arch: str | None = None, size: int
         "file": str(path),
         "arch": g.arch,
         "kwargs": g.kwargs,
-        "resolved_by": "imgcompress metadata" if raw.metadata else ("recipe/--arch" if arch else "detection from keys"),
+        "resolved_by": _resolved_by(raw.metadata is not None, arch, g.arch),
         "container": raw.container or "(top level)",
         "tensors": len(raw.state_dict),
         "params": cost.params(g.module),
@@ -41,11 +42,20 @@ def describe(path: str | os.PathLike[str], *, arch: str | None = None, size: int
     }
 
 
+def _resolved_by(has_metadata: bool, arch: str | None, resolved: str) -> str:
+    if has_metadata:
+        return "imgcompress metadata"
+    if resolved == DIFFUSERS:
+        return "diffusers config.json"
+    return "recipe/--arch" if arch else "detection from keys"
+
+
 def list_archs() -> list[str]:
     lines = []
     for name in registry.names():
         a = registry.get(name)
         assert a is not None
         lines.append(f"{name}: {a.description}")
+    lines.append("diffusers: the decoder of an AutoencoderKL or AutoencoderTiny model folder (config.json + weights)")
     lines.append("spandrel: any of the ~40 restoration architectures spandrel detects (Real-ESRGAN, SwinIR, ...)")
     return lines

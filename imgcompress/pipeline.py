@@ -82,13 +82,16 @@ def _torchrun() -> tuple[int, int]:
 
 def _resume_key(rec: Recipe, checkpoint: Path, data: Any) -> str:
     """What a training checkpoint in OUT/.resume must match to be resumed: the recipe, the
-    checkpoint's bytes and the data options."""
+    checkpoint's bytes (a model folder's files) and the data options."""
     h = hashlib.sha256()
     h.update(recipe_sha256(rec).encode())
     h.update(data.model_dump_json().encode())
-    with open(checkpoint, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    files = sorted(p for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() else [checkpoint]
+    for path in files:  # a diffusers model folder: every file in it
+        h.update(str(path.relative_to(checkpoint) if checkpoint.is_dir() else "").encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 

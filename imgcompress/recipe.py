@@ -173,7 +173,8 @@ class DataConfig(_Strict):
         None,
         description=(
             "For a model that takes image-like latents (a VAE decoder such as `taesd_decoder`): the "
-            "checkpoint of its encoder (a TAESD-family encoder, e.g. taef2_encoder.pth). Calibration, "
+            "checkpoint of its encoder (a TAESD-family encoder, e.g. taef2_encoder.pth), or the diffusers "
+            "autoencoder folder whose decoder is compressed (its own encoder is used). Calibration, "
             "evaluation and distillation latents are then the encoder's latents of crops of `images` and "
             "`eval_images` (crop sides in image pixels, rounded down to the encoder's downscale factor). "
             "A relative path is taken like `images`. Unset: synthetic latents from N(0, latent_sigma)."

@@ -42,7 +42,8 @@ Generator-aware rules, each a protection with its reason in ``info["protected"]`
   protected, and pruning starts over (``info["fallback"]`` says so).
 
 Modules whose forward reads channel counts from plain attributes must derive them from their
-layers (as IMDN's blocks do), or the forward check protects them.
+layers (as IMDN's blocks do), be known to `models.load.sync_width_attributes` (diffusers'
+Upsample2D/Downsample2D/ResnetBlock2D), or the forward check protects them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RecipeError
-from ..models.load import SPANDREL, UNPRUNED_SHAPES
+from ..models.load import SPANDREL, UNPRUNED_SHAPES, sync_width_attributes
 from ..models.spec import Generator
 from ..recipe import Prune
 from ..validate import cost
@@ -520,6 +521,7 @@ def _apply(graph: _Graph, selections: list[tuple[_Group, list[int]]]) -> int:
             todo[key][1].update(idxs)
     for dep, idxs in todo.values():
         dep(sorted(idxs))
+    sync_width_attributes(graph.module)
     return removed
 
 

@@ -4,6 +4,8 @@ Architecture resolution, first match wins:
 1. imgcompress metadata in the safetensors header (arch, kwargs, spec);
 2. the recipe's ``model:`` (a built-in name, or ``package.module:Class``);
 3. detection from the state-dict keys: the built-in zoo, then spandrel.
+
+A diffusers model folder (config.json + weights) is built by diffusers from its config.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..errors import CheckpointError
 from ..recipe import ModelConfig
-from . import registry
+from . import diffusers_adapter, registry
+from .diffusers_adapter import DIFFUSERS
 from .spec import Generator, GeneratorSpec
 
 log = logging.getLogger(__name__)
@@ -108,10 +111,20 @@ def restore_widths(module: nn.Module, state_dict: ckpt.StateDict) -> list[str]:
         if isinstance(v, torch.Tensor):
             layer, _, local = k.rpartition(".")
             by_layer.setdefault(layer, {})[local] = tuple(v.shape)
-    return [name for name, m in module.named_modules() if name in by_layer and _resize_layer(m, by_layer[name])]
+    resized = [name for name, m in module.named_modules() if name in by_layer and _resize_layer(m, by_layer[name])]
+    sync_width_attributes(module)
+    return resized
 
 
-def _load_weights(module: nn.Module, sd: ckpt.StateDict, source: str, arch: str) -> None:
+def sync_width_attributes(module: nn.Module) -> None:
+    """After layers changed width (pruning, `restore_widths`): update the plain width attributes
+    that some library blocks read in forward (diffusers' ``Upsample2D.channels`` ...)."""
+    from .diffusers_adapter import sync_widths
+
+    sync_widths(module)
+
+
+def load_weights(module: nn.Module, sd: ckpt.StateDict, source: str, arch: str) -> None:
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -156,7 +169,7 @@ def _from_builtin(arch: registry.Arch, sd: ckpt.StateDict, kwargs: dict[str, Any
         raise CheckpointError(f"{source}: arch {arch.name!r} does not take these kwargs ({e}); see `imgcompress inspect --archs`") from None
     if pruned:
         restore_widths(module, sd)
-    _load_weights(module, sd, source, arch.name)
+    load_weights(module, sd, source, arch.name)
     return Generator(module.eval(), arch.spec(kwargs), arch.name, dict(kwargs), source=source)
 
 
@@ -188,14 +201,20 @@ def _from_metadata(raw: ckpt.RawCheckpoint) -> Generator:
             raise CheckpointError(f"{source}: metadata says spandrel, but spandrel does not recognise the weights")
         if pruned:
             restore_widths(g.module, raw.state_dict)
-            _load_weights(g.module, raw.state_dict, source, name)
+            load_weights(g.module, raw.state_dict, source, name)
             g.kwargs = kwargs
+    elif name == DIFFUSERS:
+        module = diffusers_adapter.build(kwargs)
+        if pruned:
+            restore_widths(module, raw.state_dict)
+        load_weights(module, raw.state_dict, source, name)
+        g = Generator(module.eval(), spec, name, kwargs, source=source)
     elif isinstance(name, str) and ":" in name:
         cls = _import_class(name, source)
         module = cls(**kwargs)
         if pruned:
             restore_widths(module, raw.state_dict)
-        _load_weights(module, raw.state_dict, source, name)
+        load_weights(module, raw.state_dict, source, name)
         g = Generator(module.eval(), spec, name, kwargs, source=source)
     else:
         arch = registry.get(str(name))
@@ -215,7 +234,7 @@ def _from_config(raw: ckpt.RawCheckpoint, model: ModelConfig) -> Generator:
             module = cls(**model.kwargs)
         except TypeError as e:
             raise CheckpointError(f"{source}: {model.arch}({model.kwargs}) failed: {e}; fix model.kwargs") from None
-        _load_weights(module, raw.state_dict, source, model.arch)
+        load_weights(module, raw.state_dict, source, model.arch)
         spec_cfg = model.spec.model_dump() if model.spec else {}
         if spec_cfg.get("input_kind") == "latent" and not spec_cfg.get("latent_shape"):
             raise CheckpointError(f"{source}: model.spec.input_kind is latent; set model.spec.latent_shape too")
@@ -249,6 +268,8 @@ def load_generator(path: str | os.PathLike[str], *, model: ModelConfig | dict[st
     """
     if isinstance(model, dict):
         model = ModelConfig.model_validate(model)
+    if diffusers_adapter.is_model_folder(path):
+        return diffusers_adapter.load_folder(path).eval()
     raw = ckpt.read_checkpoint(path)
     source = str(raw.path)
     if raw.metadata is not None:

@@ -253,7 +253,7 @@ CASES: list[Case] = [
     Case("ckpt-missing", lambda e: apply(e, e.recipe(), e.inp / "gone.pth"),
          r"gone\.pth: no such file; check the checkpoint path"),
     Case("ckpt-is-a-folder", lambda e: apply(e, e.recipe(), e.images(1, name="ckpt.pth")),
-         r"ckpt\.pth: is a folder; pass a \.safetensors or \.pth"),
+         r"ckpt\.pth: is a folder without config\.json; pass a \.safetensors or \.pth"),
     Case("ckpt-empty", lambda e: apply(e, e.recipe(), e.write("empty.safetensors", b"")),
          r"empty\.safetensors: the file is empty; re-download or re-save the checkpoint"),
     Case("ckpt-truncated-safetensors", lambda e: apply(e, e.recipe(), truncated(e.fsrcnn_safetensors())),
