@@ -87,8 +87,8 @@ def _resume_key(rec: Recipe, checkpoint: Path, data: Any) -> str:
     h.update(recipe_sha256(rec).encode())
     h.update(data.model_dump_json().encode())
     files = sorted(p for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() else [checkpoint]
-    for path in files:  # a diffusers model folder: every file in it
-        h.update(str(path.relative_to(checkpoint) if checkpoint.is_dir() else "").encode())
+    for path in files:  # a diffusers model folder: every file in it, by name
+        h.update(str(path.relative_to(checkpoint.parent)).encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)

@@ -77,10 +77,10 @@ def _model_class(name: str, source: str) -> type:
     return getattr(diffusers, name)
 
 
-def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
+def _plain_config(config: dict[str, Any], source: str) -> dict[str, Any]:
     """The constructor arguments of a config, JSON-safe: diffusers' own ``_*`` keys and keys the
     class does not take (diffusers itself saves some, e.g. AutoencoderTiny's block_out_channels) dropped."""
-    taken = inspect.signature(_model_class(config["_class_name"], "diffusers").__init__).parameters
+    taken = inspect.signature(_model_class(config["_class_name"], source).__init__).parameters
     return {k: v for k, v in json.loads(json.dumps(dict(config))).items() if k in taken and k != "self"}
 
 
@@ -94,7 +94,6 @@ class VAEDecoder(nn.Module):
         super().__init__()
         cls = _model_class(class_name, "diffusers")
         vae = cls.from_config(config)
-        self.class_name = class_name
         self.post_quant_conv = getattr(vae, "post_quant_conv", None)
         self.decoder = vae.decoder
 
@@ -141,14 +140,13 @@ def decoder_spec(class_name: str, config: dict[str, Any]) -> GeneratorSpec:
                          default_size=DEFAULT_LATENT_SIDE, spatial_latent=True)
 
 
-def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    return read_checkpoint(folder).state_dict
-
-
-def _load(module: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+def _load_own(module: nn.Module, folder: Path) -> None:
+    """Fill ``module`` with its tensors from the folder's weights (fp16 files are cast to fp32)."""
     from .load import load_weights
 
-    load_weights(module, {k: v.float() for k, v in sd.items()}, source, DIFFUSERS)
+    own = module.state_dict()
+    sd = {k: v.float() for k, v in read_checkpoint(folder).state_dict.items() if k in own}
+    load_weights(module, sd, str(folder), DIFFUSERS)
 
 
 def build(kwargs: dict[str, Any]) -> nn.Module:
@@ -161,11 +159,9 @@ def load_folder(folder: str | Path) -> Generator:
     folder = Path(folder)
     config = read_config(folder)
     name = config["_class_name"]
-    _model_class(name, str(folder))
-    kwargs = {"class_name": name, "config": _plain_config(config)}
+    kwargs = {"class_name": name, "config": _plain_config(config, str(folder))}
     module = build(kwargs)
-    own = module.state_dict()
-    _load(module, {k: v for k, v in _read_weights(folder).items() if k in own}, str(folder))
+    _load_own(module, folder)
     return Generator(module.eval(), decoder_spec(name, kwargs["config"]), DIFFUSERS, kwargs, source=str(folder))
 
 
@@ -173,9 +169,8 @@ def load_encoder(folder: str | Path) -> VAEEncoder:
     """The encoding half of the autoencoder in a diffusers folder, eval mode, frozen."""
     folder = Path(folder)
     config = read_config(folder)
-    encoder = VAEEncoder(config["_class_name"], _plain_config(config))
-    own = encoder.state_dict()
-    _load(encoder, {k: v for k, v in _read_weights(folder).items() if k in own}, str(folder))
+    encoder = VAEEncoder(config["_class_name"], _plain_config(config, str(folder)))
+    _load_own(encoder, folder)
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder.eval()

@@ -119,9 +119,7 @@ def restore_widths(module: nn.Module, state_dict: ckpt.StateDict) -> list[str]:
 def sync_width_attributes(module: nn.Module) -> None:
     """After layers changed width (pruning, `restore_widths`): update the plain width attributes
     that some library blocks read in forward (diffusers' ``Upsample2D.channels`` ...)."""
-    from .diffusers_adapter import sync_widths
-
-    sync_widths(module)
+    diffusers_adapter.sync_widths(module)
 
 
 def load_weights(module: nn.Module, sd: ckpt.StateDict, source: str, arch: str) -> None:
@@ -203,15 +201,8 @@ def _from_metadata(raw: ckpt.RawCheckpoint) -> Generator:
             restore_widths(g.module, raw.state_dict)
             load_weights(g.module, raw.state_dict, source, name)
             g.kwargs = kwargs
-    elif name == DIFFUSERS:
-        module = diffusers_adapter.build(kwargs)
-        if pruned:
-            restore_widths(module, raw.state_dict)
-        load_weights(module, raw.state_dict, source, name)
-        g = Generator(module.eval(), spec, name, kwargs, source=source)
-    elif isinstance(name, str) and ":" in name:
-        cls = _import_class(name, source)
-        module = cls(**kwargs)
+    elif name == DIFFUSERS or (isinstance(name, str) and ":" in name):
+        module = diffusers_adapter.build(kwargs) if name == DIFFUSERS else _import_class(name, source)(**kwargs)
         if pruned:
             restore_widths(module, raw.state_dict)
         load_weights(module, raw.state_dict, source, name)
