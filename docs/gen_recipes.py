@@ -65,7 +65,7 @@ def first_sentence(model: type[BaseModel]) -> str:
     doc = (model.__doc__ or "").strip()
     if not doc:
         return ""
-    first = doc.split("\n\n")[0].replace("\n", " ")
+    first = " ".join(doc.split("\n\n")[0].split())
     return (first.split(". ")[0].rstrip(".") + ".").replace("``", "`")
 
 

@@ -192,6 +192,8 @@ def apply(
     min_ssim: Optional[float] = typer.Option(None, "--min-ssim", help="Gate: min SSIM vs the original's output."),
     max_gt_psnr_drop: Optional[float] = typer.Option(None, "--max-gt-psnr-drop", help="Gate: max drop (dB) of ground-truth PSNR."),
     min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Gate: min speedup vs the ORT fp32 original."),
+    min_sampling_psnr: Optional[float] = typer.Option(
+        None, "--min-sampling-psnr", help="Gate: min PSNR (dB) of a diffusion UNet's end-to-end DDIM samples."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Threads for torch and onnxruntime (default: all cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report JSON on stdout; no progress output."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the verdict."),
@@ -209,7 +211,7 @@ def apply(
         result = run_apply(
             recipe, checkpoint, out=out_dir, images=images, eval_images=eval_images, threads=threads,
             gate={"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop,
-                  "min_speedup": min_speedup},
+                  "min_speedup": min_speedup, "min_sampling_psnr": min_sampling_psnr},
             progress=progress, nproc=nproc, device=device, fresh=fresh,
             train_progress=bar.update if progress is not None else None,
         )
@@ -235,6 +237,7 @@ def gate(
     min_ssim: Optional[float] = typer.Option(None, "--min-ssim"),
     max_gt_psnr_drop: Optional[float] = typer.Option(None, "--max-gt-psnr-drop"),
     min_speedup: Optional[float] = typer.Option(None, "--min-speedup"),
+    min_sampling_psnr: Optional[float] = typer.Option(None, "--min-sampling-psnr"),
     as_json: bool = typer.Option(False, "--json", help="Print the gate verdict as JSON."),
 ) -> None:
     """Re-check a report against thresholds without rerunning (no flags: the report's own thresholds)."""
@@ -242,7 +245,8 @@ def gate(
     from .validate.report import Report
 
     rep = Report.load(report)
-    flags = {"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop, "min_speedup": min_speedup}
+    flags = {"min_psnr": min_psnr, "min_ssim": min_ssim, "max_gt_psnr_drop": max_gt_psnr_drop, "min_speedup": min_speedup,
+             "min_sampling_psnr": min_sampling_psnr}
     if any(v is not None for v in flags.values()):
         cfg = merge_gate(**flags)
     else:

@@ -7,6 +7,8 @@
 - ``generate``: latents. With ``data.encoder`` (a latent decoder's encoder, e.g. TAEF2's):
   the encoder's latents of image crops, and the image is the ground truth (the round trip);
   without: synthetic latents from N(0, ``latent_sigma``) with a seed, no ground truth.
+- ``diffusion``: a UNet's (noisy latent, timestep[, text embedding]), made by
+  `imgcompress.diffusion`.
 
 Calibration and evaluation never share an image (or a latent seed).
 """
@@ -18,12 +20,14 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import CheckpointError, DataError
+from .models.inputs import Batch
 from .models.spec import GeneratorSpec
 from .recipe import DataConfig
 
@@ -34,12 +38,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 @dataclass
 class Sample:
-    """One evaluation item: a batch-1 model input and, where the task has one, its ground truth
-    in the model's output convention (range and color)."""
+    """One evaluation item: a batch-1 model input (a tuple for a multi-input model) and, where the
+    task has one, its ground truth in the model's output convention (range and color). ``group``:
+    the part of the input space it stands for, reported apart (a UNet's timestep bucket)."""
 
     name: str
-    input: torch.Tensor
+    input: Batch
     target: torch.Tensor | None = None
+    group: str | None = None
 
 
 class TrainingSource:
@@ -87,10 +93,11 @@ class TrainingSource:
 @dataclass
 class Inputs:
     task: str
-    calibration: list[torch.Tensor]
+    calibration: list[Batch]
     evaluation: list[Sample]
     description: dict[str, str] = field(default_factory=dict)
     training: TrainingSource | None = None
+    sampling: Any = None  # a diffusion UNet's end-to-end check (`imgcompress.diffusion.Sampling`)
 
 
 def bundled_images_dir() -> Path:
@@ -164,7 +171,10 @@ def center_crop(im: Image.Image, side: int) -> Image.Image:
 
 def resolve_task(spec: GeneratorSpec, cfg: DataConfig) -> str:
     task = spec.task if cfg.task == "auto" else cfg.task
-    if spec.input_kind == "latent" and task != "generate":
+    if (task == "diffusion") != (spec.task == "diffusion"):
+        what = "a diffusion UNet" if spec.task == "diffusion" else "not a diffusion UNet"
+        raise DataError(f"data.task is {task!r} but the model is {what}; use task: {spec.task} (or auto)")
+    if spec.input_kind == "latent" and task not in ("generate", "diffusion"):
         raise DataError(f"data.task is {task!r} but the model takes latents; use task: generate (or auto)")
     if spec.input_kind == "image" and task == "generate":
         raise DataError("data.task is 'generate' but the model takes images; use sr, denoise or translate (or auto)")
@@ -286,8 +296,10 @@ def _eval_images(files: list[Path], side: int, m: int) -> list[tuple[Path, Image
     return out
 
 
-def load_latent_encoder(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None) -> tuple[Path, torch.nn.Module]:
-    """The encoder named by ``data.encoder``, checked against the decoder's latents. Raises `DataError`."""
+def load_latent_encoder(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None,
+                        check_scale: bool = True) -> tuple[Path, torch.nn.Module]:
+    """The encoder named by ``data.encoder``, checked against the model's latents (and, with
+    ``check_scale``, against a decoder's upscale factor). Raises `DataError`."""
     from .models import diffusers_adapter, taesd
 
     assert cfg.encoder is not None
@@ -311,7 +323,7 @@ def load_latent_encoder(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path 
             f"data.encoder: {path.name} makes {encoder.latent_channels}-channel latents, but the decoder takes "
             f"{spec.latent_shape[0]}; use the encoder of the decoder's own autoencoder"
         )
-    if encoder.factor != spec.scale:
+    if check_scale and encoder.factor != spec.scale:
         raise DataError(f"data.encoder: {path.name} downscales ×{encoder.factor}, but the decoder upscales "
                         f"×{spec.scale}; use the encoder of the decoder's own autoencoder")
     return path, encoder
@@ -354,9 +366,16 @@ def _synthetic_latents(spec: GeneratorSpec, cfg: DataConfig) -> Inputs:
     }, TrainingSource(spec, "generate", cfg, [], cal_side))
 
 
-def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None) -> Inputs:
-    """Calibration inputs (batch-1 tensors of one shape) and evaluation samples, disjoint."""
+def make_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Path | None = None,
+                checkpoint: Path | None = None) -> Inputs:
+    """Calibration inputs (batch-1 tensors of one shape, or tuples for a multi-input model) and
+    evaluation samples, disjoint. ``checkpoint``: where the model came from (a UNet folder's
+    pipeline may hold its noise schedule)."""
     task = resolve_task(spec, cfg)
+    if task == "diffusion":
+        from .diffusion import make_diffusion_inputs
+
+        return make_diffusion_inputs(spec, cfg, base_dir=base_dir, checkpoint=checkpoint)
     if task == "generate":
         assert spec.latent_shape is not None
         if cfg.encoder is not None:

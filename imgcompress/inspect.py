@@ -8,6 +8,7 @@ from typing import Any
 from .checkpoint import read_checkpoint
 from .models import registry
 from .models.diffusers_adapter import DIFFUSERS
+from .models.inputs import main
 from .models.load import load_generator
 from .validate import cost
 
@@ -17,13 +18,23 @@ def describe(path: str | os.PathLike[str], *, arch: str | None = None, size: int
     raw = read_checkpoint(path)
     g = load_generator(path, model={"arch": arch} if arch else None)
     spec = g.spec
-    x = spec.example_input(batch=1, size=size)
+    xs = spec.example_input(batch=1, size=size)
+    x = main(xs)
     if spec.input_kind == "latent" and spec.spatial_latent:
         inp = f"image-like latent ({x.shape[1]}, h, w), any h, w (MACs at {x.shape[2]}×{x.shape[3]})"
     elif spec.input_kind == "latent":
         inp = f"latent {tuple(x.shape[1:])} ~ N(0,1)"
     else:
         inp = f"{spec.color} image in [{spec.input_range[0]:g}, {spec.input_range[1]:g}], sides a multiple of {spec.size_multiple}"
+    for e in spec.extra_inputs:
+        inp += (f"; {e.name}: a float per sample in [0, {e.high:g})" if e.kind == "timestep"
+                else f"; {e.name}: {tuple(e.shape)} per sample (a text encoder's hidden states)")
+    if spec.task == "diffusion":
+        output = (f"noise prediction ({x.shape[1]}, h, w), compared over "
+                  f"[{spec.output_range[0]:g}, {spec.output_range[1]:g}]")
+    else:
+        output = (f"{spec.color} image in [{spec.output_range[0]:g}, {spec.output_range[1]:g}]"
+                  + (f", ×{spec.scale}" if spec.scale > 1 else ""))
     return {
         "file": str(path),
         "arch": g.arch,
@@ -32,12 +43,11 @@ def describe(path: str | os.PathLike[str], *, arch: str | None = None, size: int
         "container": raw.container or "(top level)",
         "tensors": len(raw.state_dict),
         "params": cost.params(g.module),
-        "macs": cost.macs(g.module, x),
+        "macs": cost.macs(g.module, xs),
         "macs_input": list(x.shape),
         "task": spec.task,
         "input": inp,
-        "output": f"{spec.color} image in [{spec.output_range[0]:g}, {spec.output_range[1]:g}]"
-                  + (f", ×{spec.scale}" if spec.scale > 1 else ""),
+        "output": output,
         "notes": "; ".join(raw.notes + list(getattr(registry.get(g.arch), "notes", ()) or ())) or "–",
     }
 
@@ -56,6 +66,7 @@ def list_archs() -> list[str]:
         a = registry.get(name)
         assert a is not None
         lines.append(f"{name}: {a.description}")
-    lines.append("diffusers: the decoder of an AutoencoderKL or AutoencoderTiny model folder (config.json + weights)")
+    lines.append("diffusers: the decoder of an AutoencoderKL or AutoencoderTiny model folder, or a UNet2DModel or "
+                 "UNet2DConditionModel folder (config.json + weights)")
     lines.append("spandrel: any of the ~40 restoration architectures spandrel detects (Real-ESRGAN, SwinIR, ...)")
     return lines

@@ -158,10 +158,16 @@ def apply(
     say(f"loading {ckpt_path}")
     generator = load_generator(ckpt_path, model=rec.model)
     spec = generator.spec
-    inputs = make_inputs(spec, data_cfg)
+    inputs = make_inputs(spec, data_cfg, checkpoint=ckpt_path)
     if gate_cfg.max_gt_psnr_drop is not None and inputs.evaluation[0].target is None:
         raise UsageError(
             f"gate max_gt_psnr_drop needs ground truth, and task {inputs.task!r} has none; drop that threshold"
+        )
+    if gate_cfg.min_sampling_psnr is not None and (inputs.sampling is None or inputs.sampling.steps == 0):
+        raise UsageError(
+            "gate min_sampling_psnr needs the end-to-end sampling check of a diffusion UNet "
+            f"(task {inputs.task!r}{', data.diffusion.sampling_steps 0' if inputs.sampling is not None else ''}); "
+            "drop that threshold"
         )
     teacher = Generator(copy.deepcopy(generator.module).eval(), spec, generator.arch, dict(generator.kwargs),
                         dict(generator.widths), generator.source)

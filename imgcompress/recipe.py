@@ -103,6 +103,53 @@ class ModelConfig(_Strict):
     )
 
 
+class Diffusion(_Strict):
+    """Inputs of a diffusion UNet (task ``diffusion``): the noise schedule that makes noisy
+    latents, how calibration and evaluation spread over it, and the end-to-end sampling check.
+
+    The schedule is diffusers' DDIMScheduler built from ``scheduler`` (a scheduler_config.json,
+    or a folder holding one) or, unset, from the fields below; a UNet folder inside a pipeline
+    folder uses its sibling ``scheduler/`` unless ``scheduler`` is set."""
+
+    scheduler: str | None = Field(
+        None,
+        description=(
+            "A diffusers scheduler_config.json (or the folder holding it) whose schedule and prediction "
+            "type are used. Unset: the UNet folder's sibling scheduler/ when it is in a pipeline folder, "
+            "else train_timesteps, beta_schedule, beta_start, beta_end and prediction_type below."
+        ),
+    )
+    train_timesteps: Annotated[int, Field(ge=2, le=100000)] = Field(
+        1000, description="Timesteps of the training schedule."
+    )
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field(
+        "linear", description="How the noise variance grows over the schedule (Stable Diffusion: scaled_linear)."
+    )
+    beta_start: Annotated[float, Field(gt=0, lt=1)] = Field(0.0001, description="First beta of the schedule.")
+    beta_end: Annotated[float, Field(gt=0, lt=1)] = Field(0.02, description="Last beta of the schedule.")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(
+        "epsilon", description="What the UNet predicts: the noise, v, or the clean latent."
+    )
+    buckets: Annotated[int, Field(ge=1, le=100)] = Field(
+        4,
+        description=(
+            "Timestep buckets: the schedule is split into this many equal ranges; calibration and evaluation "
+            "inputs are spread evenly over them and drift is reported per bucket."
+        ),
+    )
+    sampling_steps: Annotated[int, Field(ge=0, le=1000)] = Field(
+        10,
+        description=(
+            "DDIM steps of the end-to-end check: the original and each compressed UNet sample from the same "
+            "noise (eta 0, fixed seed) and the final latents (decoded by the VAE when data.encoder is a "
+            "diffusers autoencoder folder) are compared. 0: no end-to-end check."
+        ),
+    )
+    sampling_samples: Annotated[int, Field(ge=1, le=64)] = Field(
+        2, description="Samples drawn in the end-to-end check (each from its own seeded noise)."
+    )
+
+
 class DataConfig(_Strict):
     """Where calibration and evaluation inputs come from, and how they are made.
 
@@ -128,7 +175,7 @@ class DataConfig(_Strict):
             "eval_samples) is kept apart from calibration."
         ),
     )
-    task: Literal["auto", "sr", "denoise", "translate", "generate"] = Field(
+    task: Literal["auto", "sr", "denoise", "translate", "generate", "diffusion"] = Field(
         "auto",
         description="`auto`: the model's task. Otherwise overrides it, e.g. `denoise` for an image-to-image model.",
     )
@@ -177,7 +224,10 @@ class DataConfig(_Strict):
             "autoencoder folder whose decoder is compressed (its own encoder is used). Calibration, "
             "evaluation and distillation latents are then the encoder's latents of crops of `images` and "
             "`eval_images` (crop sides in image pixels, rounded down to the encoder's downscale factor). "
-            "A relative path is taken like `images`. Unset: synthetic latents from N(0, latent_sigma)."
+            "A relative path is taken like `images`. Unset: synthetic latents from N(0, latent_sigma). "
+            "For a diffusion UNet: the autoencoder folder (or encoder) whose latents the UNet denoises "
+            "(scaled by its scaling_factor); a diffusers autoencoder folder also decodes the end-to-end "
+            "samples."
         ),
     )
     latent_sigma: Annotated[float, Field(gt=0, le=100)] = Field(
@@ -187,6 +237,10 @@ class DataConfig(_Strict):
             "for a spatial latent the calibration latents' side is crop / scale, the evaluation latents' "
             "eval_crop / scale (unset: the model's default latent side)."
         ),
+    )
+    diffusion: Diffusion = Field(
+        default_factory=Diffusion,
+        description="For a diffusion UNet: the noise schedule, timestep buckets and end-to-end sampling check.",
     )
 
 
@@ -463,6 +517,13 @@ class GateConfig(_Strict):
     min_speedup: Annotated[float, Field(gt=0)] | None = Field(
         None,
         description="Lowest speedup of the final artifact vs the original in onnxruntime fp32.",
+    )
+    min_sampling_psnr: float | None = Field(
+        None,
+        description=(
+            "Lowest PSNR (dB) of the final artifact's end-to-end DDIM samples vs the original's; only for "
+            "diffusion UNets (data.diffusion.sampling_steps > 0)."
+        ),
     )
 
 

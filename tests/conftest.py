@@ -23,7 +23,8 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def diffusers_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small diffusers model folders (save_pretrained of seeded, untrained models): an AutoencoderKL
-    (×4, 4 latent channels, a mid-block attention), an AutoencoderTiny and a UNet2DModel."""
+    (×4, 4 latent channels, a mid-block attention), an AutoencoderTiny, a UNet2DModel and a
+    text-conditional UNet2DConditionModel (cross-attention to 32-wide embeddings)."""
     diffusers = pytest.importorskip("diffusers")
     import torch
 
@@ -41,6 +42,10 @@ def diffusers_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
             sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
             norm_num_groups=8),
+        "unet_cond": diffusers.UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=8, cross_attention_dim=32, attention_head_dim=8),
     }
     for name, model in models.items():
         model.save_pretrained(root / name)

@@ -492,6 +492,10 @@ def run(generator: Generator, ctx: StageContext, cfg: Distill, *, out: Path | No
     if cfg.batch_size % opts.nproc:
         raise UsageError(f"--nproc {opts.nproc} does not divide distill.batch_size {cfg.batch_size}; "
                          "choose a batch size that is a multiple of the process count")
+    if generator.spec.extra_inputs:
+        names = ", ".join(e.name for e in generator.spec.extra_inputs)
+        raise RecipeError(f"distill: the model takes extra inputs ({names}), and distillation trains single-input "
+                          "generators (decoders, image nets) only; drop the distill stage (prune and quantize work)")
     source = ctx.inputs.training
     if source is None:
         raise RuntimeError("distill needs ctx.inputs.training (data.make_inputs provides it)")

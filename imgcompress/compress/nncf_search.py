@@ -35,6 +35,7 @@ import onnx
 import torch
 
 from ..export import runtime
+from ..models.inputs import cat, feeds, pack, parts, shapes, take
 from ..recipe import Quantize
 from ..validate import metrics
 from .base import StageContext
@@ -80,7 +81,7 @@ class _PsnrMetric:
 
     def __init__(self, scorer: _Scorer, threads: int):
         self.scorer, self.threads = scorer, threads
-        self.xs = torch.cat(scorer.batches)
+        self.xs = cat(scorer.batches)
         self.refs = torch.cat(scorer.refs)
         self.cap = metrics.PSNR_CAP
         self.calls = 0
@@ -93,7 +94,7 @@ class _PsnrMetric:
         out: list[float] = []
         for i in range(0, len(idx), BATCH):
             part = idx[i:i + BATCH]
-            y = metrics.normalise(runtime.run(sess, self.xs[part]), self.scorer.rng)
+            y = metrics.normalise(runtime.run(sess, pack([t[part] for t in parts(self.xs)])), self.scorer.rng)
             out.extend(metrics.psnr(y[j:j + 1], self.refs[k:k + 1]) for j, k in enumerate(part))
         return out
 
@@ -119,7 +120,7 @@ def nncf_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg: 
     the budget, the scores of NNCF's all-int8 graph and of the result on the search inputs,
     the nodes reverted to fp32, whether the budget was met, evaluations and seconds.
     """
-    from .quantize import in_tempdir, node_macs
+    from .quantize import in_tempdir, node_macs, split_feeds
 
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
     import nncf
@@ -135,10 +136,10 @@ def nncf_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg: 
     metric.cap = cap
     max_drop = max(cap - budget.min_psnr_db, 0.0)
 
-    name = quantizer.input_name
-    calibration = [{name: b[i:i + 1]} for b in quantizer.batches for i in range(b.shape[0])]
+    names = quantizer.input_names
+    calibration = split_feeds(quantizer.batches)
     # validation items are indices into the search inputs (the metric batches them itself)
-    validation = nncf.Dataset(list(range(score.n)), lambda i: {name: metric.xs[i:i + 1].numpy()})
+    validation = nncf.Dataset(list(range(score.n)), lambda i: feeds(names, take(metric.xs, i, i + 1)))
     kwargs: dict[str, Any] = {"subset_size": len(calibration), "max_drop": max_drop,
                               "drop_type": nncf.DropType.ABSOLUTE}
     if exclude:
@@ -159,7 +160,7 @@ def nncf_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg: 
     all_int8 = score(all_int8_graph)
     result = score(q)
     before, after = _int8_nodes(all_int8_graph), _int8_nodes(q)
-    macs = node_macs(model, tuple(ctx.inputs.calibration[0].shape))
+    macs = node_macs(model, shapes(ctx.inputs.calibration[0]))
     total = sum(macs.values()) or 1
     fallback = [{"node": n, "op": op, "mac_share": macs.get(n, 0) / total, "to": "fp32"}
                 for n, op in before.items() if n not in after]

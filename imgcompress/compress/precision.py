@@ -49,6 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import RecipeError
 from ..export import runtime
 from ..files import temp_beside
+from ..models.inputs import Batch, feeds
 from ..models.spec import Generator
 from ..recipe import Precision
 from ..validate import metrics
@@ -644,7 +645,7 @@ def _float_tensors(model: onnx.ModelProto) -> list[str]:
             if t and t not in outputs and types.get(t) == TensorProto.FLOAT]
 
 
-def reference_run(model: onnx.ModelProto, xs: list[torch.Tensor], *, threads: int,
+def reference_run(model: onnx.ModelProto, xs: list[Batch], *, threads: int,
                   ranges: bool) -> tuple[list[np.ndarray], dict[str, float]]:
     """The graph's outputs on ``xs`` and, with ``ranges``, the largest finite |value| of every
     float tensor the nodes write (one input at a time, so memory stays one input's activations)."""
@@ -654,11 +655,11 @@ def reference_run(model: onnx.ModelProto, xs: list[torch.Tensor], *, threads: in
     for t in names:
         m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     sess = runtime.session(m.SerializeToString(), threads=threads)
-    feed = sess.get_inputs()[0].name
+    names = [i.name for i in sess.get_inputs()]
     outs: list[np.ndarray] = []
     peak: dict[str, float] = {}
     for x in xs:
-        res = sess.run(None, {feed: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
+        res = sess.run(None, feeds(names, x))
         outs.append(res[0])
         if not ranges:
             continue
@@ -669,7 +670,7 @@ def reference_run(model: onnx.ModelProto, xs: list[torch.Tensor], *, threads: in
     return outs, peak
 
 
-def _drift(model: bytes, xs: list[torch.Tensor], refs: list[np.ndarray], rng: tuple[float, float],
+def _drift(model: bytes, xs: list[Batch], refs: list[np.ndarray], rng: tuple[float, float],
            threads: int) -> float:
     """Mean PSNR (dB) of the graph's outputs vs ``refs``."""
     sess = runtime.session(model, threads=threads)

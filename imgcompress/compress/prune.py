@@ -65,6 +65,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..models.load import SPANDREL, UNPRUNED_SHAPES, sync_width_attributes
+from ..models.inputs import call, main, parts
 from ..models.spec import Generator
 from ..recipe import Prune
 from ..validate import cost
@@ -212,7 +213,7 @@ class _Graph:
         self.module = module
         with warnings.catch_warnings(), torch.enable_grad(), _out_of_place(module):
             warnings.simplefilter("ignore")
-            self.dg = tp.DependencyGraph().build_dependency(module, example_inputs=(example,), verbose=False)
+            self.dg = tp.DependencyGraph().build_dependency(module, example_inputs=parts(example), verbose=False)
         self.unknown_shuffles = _shuffle_mappings(self.dg)
         self.names = {m: n for n, m in module.named_modules()}
         self.frozen = frozen
@@ -407,9 +408,9 @@ def _taylor_gradients(module: nn.Module, teacher: nn.Module, calibration: list[t
     with torch.enable_grad():
         for x in xs:
             with torch.no_grad():
-                target = teacher(x)
+                target = call(teacher, x)
                 target = target + sigma * torch.randn(target.shape, generator=g)
-            loss = F.mse_loss(module(x), target) / len(xs)
+            loss = F.mse_loss(call(module, x), target) / len(xs)
             loss.backward()
 
 
@@ -531,7 +532,7 @@ def _apply(graph: _Graph, selections: list[tuple[_Group, list[int]]]) -> int:
 def _check_forward(module: nn.Module, x: torch.Tensor, shape: torch.Size) -> None:
     try:
         with torch.no_grad():
-            y = module(x)
+            y = call(module, x)
     except Exception as e:  # noqa: BLE001 - any failure of the pruned forward is what we guard against
         raise PruneFailed(f"forward failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     if not isinstance(y, torch.Tensor) or y.shape != shape:
@@ -582,7 +583,7 @@ class _Session:
         for p in self.run.module.parameters():
             p.requires_grad_(True)
         with torch.no_grad():
-            self.shape = ctx.teacher.module(self.x).shape
+            self.shape = call(ctx.teacher.module, self.x).shape
         self.importance = _importance(cfg.importance)
         self.out_range = generator.spec.output_range
         self.initial: dict[tuple[str, ...], int] = {}  # units of each segment at its first step
@@ -745,7 +746,7 @@ def run(generator: Generator, ctx: StageContext, cfg: Prune, *, out: Path | None
         "target_macs": cfg.target_macs,
         "ranking": "global (layer-adaptive)" if cfg.importance == "lamp" else "per channel group",
         "steps": result.steps,
-        "input_shape": list(x.shape),
+        "input_shape": list(main(x).shape),
         "params_before": params0,
         "params_after": params1,
         "macs_before": macs0,

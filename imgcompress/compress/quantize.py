@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-import torch
 
 from ..errors import RecipeError
 from ..recipe import Quantize
+from ..models.inputs import Batch, cat, feeds, shapes
 from ..models.spec import Generator
 from .base import StageContext, StageResult
 
@@ -61,11 +61,23 @@ def in_tempdir() -> Iterator[Path]:
             logging.getLogger().removeFilter(hint)
 
 
-def _batches(calibration: list[torch.Tensor]) -> list[np.ndarray]:
-    out = []
-    for i in range(0, len(calibration), BATCH):
-        out.append(torch.cat(calibration[i:i + BATCH]).numpy().astype(np.float32))
-    return out
+Feeds = dict[str, np.ndarray]
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[str]:
+    """The names of the graph's inputs (initializers listed as inputs left out)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def _batches(calibration: list[Batch], names: list[str]) -> list[Feeds]:
+    """Calibration inputs as onnxruntime feeds, ``BATCH`` samples each."""
+    return [feeds(names, cat(calibration[i:i + BATCH])) for i in range(0, len(calibration), BATCH)]
+
+
+def split_feeds(batches: list[Feeds]) -> list[Feeds]:
+    """Batch-1 feeds, one per sample."""
+    return [{k: v[i:i + 1] for k, v in b.items()} for b in batches for i in range(len(next(iter(b.values()))))]
 
 
 def _excluded(model: onnx.ModelProto, patterns: list[str]) -> list[str]:
@@ -111,18 +123,25 @@ def _fold_constants(m: onnx.ModelProto) -> None:
     m.graph.initializer.extend(folded)
 
 
-def node_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """MACs of each compute node (Conv, ConvTranspose, Gemm, MatMul) at ``input_shape``.
+def input_shapes(x: Batch) -> tuple[tuple[int, ...], ...]:
+    """The shapes ``node_macs`` takes for an input (each of a multi-input model's parts)."""
+    return shapes(x)
 
-    Shapes come from ONNX shape inference on a copy whose input is fixed to ``input_shape``;
+
+def node_macs(model: onnx.ModelProto, input_shape: tuple[int, ...] | tuple[tuple[int, ...], ...]) -> dict[str, int]:
+    """MACs of each compute node (Conv, ConvTranspose, Gemm, MatMul) at ``input_shape`` (the
+    main input's shape, or a tuple with one shape per graph input).
+
+    Shapes come from ONNX shape inference on a copy whose inputs are fixed to those shapes;
     a node whose shapes cannot be inferred is left out.
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    dims = m.graph.input[0].type.tensor_type.shape.dim
-    for d, v in zip(dims, input_shape):
-        d.ClearField("dim_param")
-        d.dim_value = int(v)
+    per_input = input_shape if input_shape and isinstance(input_shape[0], tuple) else (input_shape,)
+    for inp, shape in zip(m.graph.input, per_input):
+        for d, v in zip(inp.type.tensor_type.shape.dim, shape):
+            d.ClearField("dim_param")
+            d.dim_value = int(v)
     try:
         _fold_constants(m)
         m = onnx.shape_inference.infer_shapes(m, data_prop=True)
@@ -152,7 +171,8 @@ def node_macs(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str,
     return out
 
 
-def auto_fp32_nodes(model: onnx.ModelProto, input_shape: tuple[int, ...], *, ends: bool, min_share: float) -> dict[str, str]:
+def auto_fp32_nodes(model: onnx.ModelProto, input_shape: tuple[int, ...] | tuple[tuple[int, ...], ...], *, ends: bool,
+                    min_share: float) -> dict[str, str]:
     """Compute nodes that stay fp32 by the generator-aware defaults, with the reason.
 
     - ``ends``: the first and last compute nodes (they see raw pixels/latents and produce
@@ -191,9 +211,10 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
 class Quantizer:
     """Quantizes one fp32 graph with the stage's backend and settings."""
 
-    def __init__(self, src: Path, batches: list[np.ndarray], cfg: Quantize, op_types: list[str]):
-        self.src, self.batches, self.cfg, self.op_types = src.resolve(), batches, cfg, op_types
-        self.input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+    def __init__(self, src: Path, calibration: list[Batch], cfg: Quantize, op_types: list[str]):
+        self.src, self.cfg, self.op_types = src.resolve(), cfg, op_types
+        self.input_names = graph_inputs(onnx.load(str(src), load_external_data=False))
+        self.batches = _batches(calibration, self.input_names)
 
     def quantize(self, dst: Path, *, exclude: list[str] = ()) -> Path:
         """Write the int8 graph to ``dst`` (atomically), ``exclude``d nodes left in fp32."""
@@ -213,15 +234,14 @@ class Quantizer:
     def _ort(self, dst: Path, exclude: list[str]) -> None:
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        batches, name, cfg = self.batches, self.input_name, self.cfg
+        batches, cfg = self.batches, self.cfg
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
                 self._it = iter(batches)
 
             def get_next(self) -> dict[str, np.ndarray] | None:
-                b = next(self._it, None)
-                return None if b is None else {name: b}
+                return next(self._it, None)
 
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                   "entropy": CalibrationMethod.Entropy}[cfg.calibration]
@@ -267,7 +287,7 @@ class Quantizer:
         import nncf
 
         model = onnx.load(str(self.src))
-        samples = [{self.input_name: b[i:i + 1]} for b in self.batches for i in range(b.shape[0])]
+        samples = split_feeds(self.batches)
         kwargs: dict[str, object] = {"subset_size": len(samples)}
         if exclude:
             kwargs["ignored_scope"] = nncf.IgnoredScope(names=exclude, validate=False)
@@ -294,7 +314,7 @@ def run(generator: Generator, ctx: StageContext, cfg: Quantize, *, out: Path) ->
     src = ctx.onnx_path
     model = onnx.load(str(src))
     exclude = _excluded(model, cfg.exclude)
-    auto = auto_fp32_nodes(model, tuple(ctx.inputs.calibration[0].shape), ends=cfg.keep_ends_fp32,
+    auto = auto_fp32_nodes(model, input_shapes(ctx.inputs.calibration[0]), ends=cfg.keep_ends_fp32,
                            min_share=cfg.min_mac_share)
     exclude += [n for n in auto if n not in exclude]
     op_types = list(AUTO_OP_TYPES) if cfg.op_types == "auto" else list(cfg.op_types)
@@ -316,9 +336,9 @@ def run(generator: Generator, ctx: StageContext, cfg: Quantize, *, out: Path) ->
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, out)
     elif cfg.budget is None:
-        Quantizer(src, _batches(ctx.inputs.calibration), cfg, op_types).quantize(out, exclude=exclude)
+        Quantizer(src, ctx.inputs.calibration, cfg, op_types).quantize(out, exclude=exclude)
     else:
-        quantizer = Quantizer(src, _batches(ctx.inputs.calibration), cfg, op_types)
+        quantizer = Quantizer(src, ctx.inputs.calibration, cfg, op_types)
         if cfg.search == "nncf":
             from .nncf_search import nncf_search
 

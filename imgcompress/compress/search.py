@@ -25,6 +25,7 @@ import onnx
 import torch
 
 from ..export import runtime
+from ..models.inputs import call, cat, shapes
 from ..recipe import Quantize
 from ..validate import metrics
 from .base import StageContext
@@ -151,7 +152,7 @@ class _Scorer:
                  model: onnx.ModelProto | None = None):
         self.ctx, self.with_ssim = ctx, with_ssim
         xs = ctx.inputs.calibration[:samples]
-        self.batches = [torch.cat(xs[i:i + 8]) for i in range(0, len(xs), 8)]
+        self.batches = [cat(xs[i:i + 8]) for i in range(0, len(xs), 8)]
         rng = ctx.teacher.spec.output_range
         if against == "input":
             assert model is not None
@@ -159,7 +160,7 @@ class _Scorer:
             self.refs = [metrics.normalise(runtime.run(sess, b), rng) for b in self.batches]
         else:
             with torch.no_grad():
-                self.refs = [metrics.normalise(ctx.teacher.module(b), rng) for b in self.batches]
+                self.refs = [metrics.normalise(call(ctx.teacher.module, b), rng) for b in self.batches]
         self.rng = rng
         self.n = len(xs)
 
@@ -221,7 +222,7 @@ def budget_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg
     # the nodes int8 was asked for (other readers of a rounded tensor follow their producer)
     candidates = [n for n in qdq.graph.node
                   if n.op_type in quantizer.op_types and any(i in dq_out for i in n.input)]
-    macs = node_macs(model, tuple(ctx.inputs.calibration[0].shape))
+    macs = node_macs(model, shapes(ctx.inputs.calibration[0]))
     total = sum(macs.values()) or 1
     rows = []
     for n in candidates:

@@ -13,7 +13,8 @@ import torch
 
 from ..errors import ExportError
 from ..files import temp_beside
-from ..models.spec import Generator
+from ..models.inputs import call, main, parts, shapes
+from ..models.spec import Generator, GeneratorSpec
 from . import runtime
 
 log = logging.getLogger(__name__)
@@ -22,13 +23,18 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 
+def input_names(spec: GeneratorSpec) -> list[str]:
+    """The graph's input names: ``input``, then each extra input's own name (``timestep``, ...)."""
+    return [INPUT_NAME, *(e.name for e in spec.extra_inputs)]
+
+
 @dataclass(frozen=True)
 class ExportCheck:
     """How closely the ONNX graph reproduces torch, on inputs of two shapes."""
 
     max_abs_error: float
     tolerance: float
-    shapes: tuple[tuple[int, ...], ...]
+    shapes: tuple[tuple[int, ...], ...]  # of the main input
 
 
 def export_onnx(
@@ -61,15 +67,19 @@ def export_onnx(
     spatial = spec.input_kind == "image" or spec.spatial_latent  # image-like input: (N, C, H, W)
     if spatial and dynamic_spatial:
         dynamic.update({2: "height", 3: "width"})
+    names = input_names(spec)
+    axes = {INPUT_NAME: dynamic, OUTPUT_NAME: dict(dynamic)}
+    if dynamic_batch:  # extra inputs (timestep, embedding) carry the batch on their first axis
+        axes.update({n: {0: "batch"} for n in names[1:]})
     tmp = temp_beside(p, ".tmp.onnx")
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (x,), tmp,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                module, parts(x), tmp,
+                input_names=names, output_names=[OUTPUT_NAME],
                 opset_version=opset,
-                dynamic_axes={INPUT_NAME: dynamic, OUTPUT_NAME: dict(dynamic)} if dynamic else None,
+                dynamic_axes=axes if dynamic else None,
                 do_constant_folding=True,
                 dynamo=False,
             )
@@ -100,17 +110,17 @@ def check_against_torch(
     worst = 0.0
     with torch.no_grad():
         for x in inputs:
-            ref = generator.module(x)
+            ref = call(generator.module, x)
             try:
                 got = runtime.run(sess, x)
             except Exception as e:  # onnxruntime raises its own Fail/RuntimeException types
                 raise ExportError(
-                    f"the ONNX graph does not run on an input of shape {tuple(x.shape)} ({type(e).__name__}: "
+                    f"the ONNX graph does not run on an input of shape {tuple(main(x).shape)} ({type(e).__name__}: "
                     f"{str(e).strip().splitlines()[0][:160]}); the model may bake its input size into the graph — "
                     "set export.dynamic_spatial: false and validate.size to the size it takes"
                 ) from None
             if got.shape != ref.shape:
-                raise ExportError(f"ONNX output shape {tuple(got.shape)} != torch {tuple(ref.shape)} for input {tuple(x.shape)}")
+                raise ExportError(f"ONNX output shape {tuple(got.shape)} != torch {tuple(ref.shape)} for input {shapes(x)}")
             worst = max(worst, float((got - ref).abs().max()))
     rel = worst / (hi - lo)
     if rel > tolerance:
@@ -118,4 +128,4 @@ def check_against_torch(
             f"the ONNX graph differs from torch by {worst:.3g} (max abs, {rel:.3g} of the output range; "
             f"tolerance {tolerance}); report this model, or raise export.tolerance"
         )
-    return ExportCheck(worst, tolerance, tuple(tuple(x.shape) for x in inputs))
+    return ExportCheck(worst, tolerance, tuple(tuple(main(x).shape) for x in inputs))

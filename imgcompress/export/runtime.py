@@ -9,6 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ..models.inputs import Batch, feeds
+
 
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
@@ -40,8 +42,7 @@ def session(path: str | Path | bytes, *, threads: int | None = None, provider: s
     return ort.InferenceSession(model, sess_options=opts, providers=prov)
 
 
-def run(sess: ort.InferenceSession, x: torch.Tensor) -> torch.Tensor:
-    """Run a one-input, one-output session on a float32 tensor."""
-    name = sess.get_inputs()[0].name
-    (y,) = sess.run(None, {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})
+def run(sess: ort.InferenceSession, x: Batch) -> torch.Tensor:
+    """Run a one-output session on a float32 tensor (or a tuple: the graph's inputs in order)."""
+    (y,) = sess.run(None, feeds([i.name for i in sess.get_inputs()], x))
     return torch.from_numpy(np.asarray(y, dtype=np.float32))

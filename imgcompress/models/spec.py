@@ -8,8 +8,34 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-Task = Literal["sr", "denoise", "translate", "generate"]
+from .inputs import Batch, call, pack
+
+Task = Literal["sr", "denoise", "translate", "generate", "diffusion"]
 Color = Literal["rgb", "y", "gray"]
+
+
+@dataclass(frozen=True)
+class ExtraInput:
+    """An input a model takes beside the main one, and how to produce it.
+
+    - ``timestep``: a diffusion timestep per sample, shape ``()``, a float in ``[0, high)``
+      (the training schedule's steps); calibration and evaluation spread it over the schedule.
+    - ``embedding``: a conditioning embedding per sample (a text encoder's hidden states),
+      shape ``(tokens, dim)``; produced as N(0, 1) (synthetic: no text encoder runs here).
+    """
+
+    name: str
+    kind: Literal["timestep", "embedding"]
+    shape: tuple[int, ...] = ()
+    high: float = 1000.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
+
+    def example(self, batch: int, g: torch.Generator) -> torch.Tensor:
+        if self.kind == "timestep":
+            return torch.randint(0, max(1, int(self.high)), (batch,), generator=g).float()
+        return torch.randn((batch, *self.shape), generator=g)
 
 
 @dataclass(frozen=True)
@@ -30,6 +56,9 @@ class GeneratorSpec:
     - ``latent_shape``: per-sample shape of a latent input, e.g. ``(100, 1, 1)``.
     - ``default_size``: image input side used for MACs and speed when none is given (for a
       spatial latent: the latent side).
+    - ``extra_inputs``: inputs after the main one, in the module's argument order (a diffusion
+      UNet's timestep and text embedding); task ``diffusion`` is such a denoiser, whose output
+      (a noise prediction) is compared over ``output_range``.
     - ``spatial_latent``: the latent is image-like, ``(C, h, w)`` with any ``h, w`` (a VAE
       decoder's): ``latent_shape`` holds the default ``(C, default_size, default_size)``, the
       output side is ``scale`` × the latent side, and export keeps the spatial axes dynamic.
@@ -45,8 +74,11 @@ class GeneratorSpec:
     latent_shape: tuple[int, ...] | None = None
     default_size: int = 64
     spatial_latent: bool = False
+    extra_inputs: tuple[ExtraInput, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_inputs", tuple(e if isinstance(e, ExtraInput) else ExtraInput(**e)
+                                                       for e in self.extra_inputs))
         # JSON round trips turn tuples into lists; normalise so specs compare equal.
         object.__setattr__(self, "input_range", tuple(float(v) for v in self.input_range))
         object.__setattr__(self, "output_range", tuple(float(v) for v in self.output_range))
@@ -75,18 +107,21 @@ class GeneratorSpec:
     def from_dict(cls, d: dict[str, Any]) -> "GeneratorSpec":
         return cls(**d)
 
-    def example_input(self, *, batch: int = 1, size: int | None = None, seed: int = 0) -> torch.Tensor:
-        """A deterministic input of the right shape and range (for tracing, MACs, speed).
+    def example_input(self, *, batch: int = 1, size: int | None = None, seed: int = 0) -> Batch:
+        """A deterministic input of the right shape and range (for tracing, MACs, speed): a
+        tensor, or a tuple with the extra inputs after the main one.
 
         ``size`` is the input side: of the image, or of a spatial latent (ignored for other latents)."""
         g = torch.Generator().manual_seed(seed)
         if self.input_kind == "latent":
             assert self.latent_shape is not None
-            return torch.randn((batch, *self.latent_shape_at(size)), generator=g)
-        side = size or self.default_size
-        side = max(self.size_multiple, side - side % self.size_multiple)
-        lo, hi = self.input_range
-        return torch.rand((batch, self.channels, side, side), generator=g) * (hi - lo) + lo
+            x = torch.randn((batch, *self.latent_shape_at(size)), generator=g)
+        else:
+            side = size or self.default_size
+            side = max(self.size_multiple, side - side % self.size_multiple)
+            lo, hi = self.input_range
+            x = torch.rand((batch, self.channels, side, side), generator=g) * (hi - lo) + lo
+        return pack([x, *(e.example(batch, g) for e in self.extra_inputs)])
 
 
 @dataclass
@@ -104,8 +139,8 @@ class Generator:
     widths: dict[str, list[int]] = field(default_factory=dict)
     source: str = ""
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def __call__(self, x: Batch) -> torch.Tensor:
+        return call(self.module, x)
 
     @property
     def params(self) -> int:

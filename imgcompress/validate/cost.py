@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..models.inputs import Batch, call
+
 log = logging.getLogger(__name__)
 
 
@@ -70,11 +72,11 @@ class _Counter(TorchFunctionMode):
         return 0
 
 
-def macs(module: nn.Module, x: torch.Tensor) -> int:
+def macs(module: nn.Module, x: Batch) -> int:
     """MACs of one forward on ``x`` (the whole batch): Conv, ConvTranspose, Linear, matrix
     products and attention, counted as they run (a transposed convolution counts
     ``input elements × Cout/groups × kernel``, as ONNX shape arithmetic does)."""
     counter = _Counter()
     with torch.no_grad(), counter:
-        module(x)
+        call(module, x)
     return counter.macs

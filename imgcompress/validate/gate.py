@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..recipe import GateConfig
 
 FLAGS = {"min_psnr": "--min-psnr", "min_ssim": "--min-ssim", "max_gt_psnr_drop": "--max-gt-psnr-drop",
-         "min_speedup": "--min-speedup"}
+         "min_speedup": "--min-speedup", "min_sampling_psnr": "--min-sampling-psnr"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,14 @@ def _checks(report: dict[str, Any], gate: GateConfig) -> list[Check]:
         add("max_gt_psnr_drop", drop, gate.max_gt_psnr_drop, False, "ground-truth PSNR drop (dB)")
     if gate.min_speedup is not None:
         add("min_speedup", final.get("speedup_vs_ort_fp32"), gate.min_speedup, True, "speedup vs ORT fp32 original")
+    if gate.min_sampling_psnr is not None:
+        if "sampling" not in orig:
+            raise UsageError(
+                "gate min_sampling_psnr needs the end-to-end sampling check of a diffusion UNet, and this report "
+                "has none; drop that threshold (or set data.diffusion.sampling_steps above 0)"
+            )
+        add("min_sampling_psnr", final.get("sampling_psnr_db"), gate.min_sampling_psnr, True,
+            "end-to-end DDIM sample PSNR vs original (dB)")
     return out
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .metrics import PSNR_CAP, psnr
-from .report import SUMMARY_COLUMNS, summary_rows
+from .report import SUMMARY_COLUMNS, group_table, summary_rows
 
 if TYPE_CHECKING:
     from .measure import SampleOutputs
@@ -173,6 +173,12 @@ def _summary(r: dict[str, Any]) -> str:
             notes.append(f"<li><code>{_e(a['name'])}</code>: {_e(a['speed_note'])}.</li>")
     if notes:
         parts.append('<ul class="note">' + "".join(notes) + "</ul>")
+    table = group_table(r)
+    if table is not None:
+        head, grows, note = table
+        parts += ["<h2>Drift per timestep bucket and end to end</h2>", _table(head, grows)]
+        if note:
+            parts.append(f'<p class="note">{_e(note)} The images below are those end-to-end samples.</p>')
     return "\n".join(parts)
 
 

@@ -13,11 +13,12 @@ import torch
 
 from ..data import Inputs
 from ..export import runtime
+from ..models.inputs import Batch, call, main
 from ..models.spec import Generator
 from ..recipe import ValidateConfig
-from . import cost, speed
+from . import cost, sampling, speed
 from .metrics import normalise
-from .quality import outputs, quality
+from .quality import by_group, outputs, quality
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class SampleOutputs:
     target: torch.Tensor | None = None
 
 
-def _ort(sess: ort.InferenceSession) -> Callable[[torch.Tensor], torch.Tensor]:
+def _ort(sess: ort.InferenceSession) -> Callable[[Batch], torch.Tensor]:
     return lambda x: runtime.run(sess, x)
 
 
@@ -60,12 +61,15 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
     first ``keep`` evaluation inputs (not part of report.json; report.html shows them).
 
     Quality is on the evaluation inputs: each output against the original's (drift) and
-    against ground truth where there is one. Speed: the original in torch and in onnxruntime
-    fp32 and every artifact, interleaved in each round, on one input, with ``threads``.
+    against ground truth where there is one; where evaluation samples carry a group (a UNet's
+    timestep bucket), also per group. A diffusion UNet also gets the end-to-end drift of a DDIM
+    sampling run (`imgcompress.validate.sampling`); its samples are then what report.html shows.
+    Speed: the original in torch and in onnxruntime fp32 and every artifact, interleaved in each
+    round, on one input, with ``threads``.
     """
     spec = teacher.spec
     eval_x = [s.input for s in inputs.evaluation]
-    refs = outputs(teacher.module, eval_x)
+    refs = outputs(lambda b: call(teacher.module, b), eval_x)
     x = spec.example_input(batch=cfg.batch, size=cfg.size, seed=7)
     orig_sess = runtime.session(original_onnx, threads=threads)
     sessions = {a.name: runtime.session(a.path, threads=threads) for a in artifacts if a.runnable}
@@ -77,7 +81,7 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
 
     def torch_run() -> object:
         with torch.no_grad():
-            return teacher.module(x)
+            return call(teacher.module, x)
 
     runners: dict[str, Callable[[], object]] = {"torch": torch_run, "ort": lambda: _ort(orig_sess)(x)}
     for name, sess in sessions.items():
@@ -102,15 +106,28 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
         "ort_psnr_db": ort_q["psnr_db"], "ort_ssim": ort_q["ssim"],
         "ort_gt_psnr_db": ort_q["gt_psnr_db"], "ort_gt_ssim": ort_q["gt_ssim"],
     }
-    kept = inputs.evaluation[:keep]
-    shown: list[dict[str, torch.Tensor]] = [{} for _ in kept]
+    sample_set = inputs.sampling if inputs.sampling is not None and inputs.sampling.steps > 0 else None
+    if sample_set is not None:
+        sample_refs = sampling.finals(lambda b: call(teacher.module, b), sample_set)
+        original["sampling"] = sampling.describe(sample_set)
+        original["ort_sampling"] = sampling.drift(sampling.finals(_ort(orig_sess), sample_set), sample_refs)
+        kept_names = [f"seed {s}" for s in sample_set.seeds][:keep]
+    else:
+        kept_names = [s.name for s in inputs.evaluation[:keep]]
+    shown: list[dict[str, torch.Tensor]] = [{} for _ in kept_names]
     rows = []
     for a in artifacts:
         ta = t.get(a.name)
         outs = outputs(_ort(quality_sessions[a.name]), eval_x)
-        for d, o in zip(shown, outs):
-            d[a.name] = normalise(o, a.generator.spec.output_range)
         q = quality(outs, refs, inputs, a.generator.spec)
+        if sample_set is not None:
+            finals = sampling.finals(_ort(quality_sessions[a.name]), sample_set)
+            q["sampling"] = sampling.drift(finals, sample_refs)
+            for d, o in zip(shown, finals):
+                d[a.name] = o
+        else:
+            for d, o in zip(shown, outs):
+                d[a.name] = normalise(o, a.generator.spec.output_range)
         row = {
             "name": a.name, "file": str(a.path.relative_to(root)), "precision": a.precision,
             "params": cost.params(a.generator.module), "macs": macs_of(a.generator), "size_bytes": a.path.stat().st_size,
@@ -119,16 +136,24 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
             "speedup_vs_torch_fp32": t_torch.median_ms / ta.median_ms if ta else None,
             "psnr_db": q["psnr_db"], "ssim": q["ssim"], "gt_psnr_db": q["gt_psnr_db"], "gt_ssim": q["gt_ssim"],
         }
+        groups = by_group(outs, refs, inputs, a.generator.spec)
+        if groups:
+            row["per_group"] = groups
+        if "sampling" in q:
+            row["sampling_psnr_db"], row["sampling_ssim"] = q["sampling"]["psnr_db"], q["sampling"]["ssim"]
         if a.quality_path is not None:
             row["quality_measured_on"] = str(a.quality_path.relative_to(root))
         if a.speed_note is not None:
             row["speed_note"] = a.speed_note
         rows.append(row)
-    speed_info = {"input_shape": list(x.shape), "threads": threads, "warmup": cfg.warmup,
+    speed_info = {"input_shape": list(main(x).shape), "threads": threads, "warmup": cfg.warmup,
                   "repeats": cfg.repeats, "interleaved": True}
-    samples = [SampleOutputs(s.name, normalise(r, spec.output_range), d,
-                             None if s.target is None else normalise(s.target, spec.output_range))
-               for s, r, d in zip(kept, refs, shown)]
+    if sample_set is not None:
+        samples = [SampleOutputs(n, r, d) for n, r, d in zip(kept_names, sample_refs, shown)]
+    else:
+        samples = [SampleOutputs(s.name, normalise(r, spec.output_range), d,
+                                 None if s.target is None else normalise(s.target, spec.output_range))
+                   for s, r, d in zip(inputs.evaluation[:keep], refs, shown)]
     return original, rows, speed_info, samples
 
 

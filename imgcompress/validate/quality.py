@@ -7,11 +7,12 @@ from collections.abc import Callable
 import torch
 
 from ..data import Inputs
+from ..models.inputs import Batch
 from ..models.spec import GeneratorSpec
 from . import metrics
 
 
-def outputs(run: Callable[[torch.Tensor], torch.Tensor], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+def outputs(run: Callable[[Batch], torch.Tensor], inputs: list[Batch]) -> list[torch.Tensor]:
     """``run`` (a torch module or an onnxruntime runner) on each input, as float tensors."""
     with torch.no_grad():
         return [run(x).float() for x in inputs]
@@ -39,3 +40,21 @@ def quality(outs: list[torch.Tensor], refs: list[torch.Tensor] | None, inputs: I
     else:
         res["gt_psnr_db"] = res["gt_ssim"] = None
     return res
+
+
+def by_group(outs: list[torch.Tensor], refs: list[torch.Tensor], inputs: Inputs,
+             spec: GeneratorSpec) -> list[dict[str, object]]:
+    """PSNR/SSIM vs the original's outputs per group of evaluation samples (a UNet's timestep
+    buckets), in the order the groups first appear; empty when the samples carry no group."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(inputs.evaluation):
+        if s.group is not None:
+            groups.setdefault(s.group, []).append(i)
+    rows: list[dict[str, object]] = []
+    for name, idx in groups.items():
+        a = [metrics.normalise(outs[i], spec.output_range) for i in idx]
+        b = [metrics.normalise(refs[i], spec.output_range) for i in idx]
+        rows.append({"group": name, "samples": len(idx),
+                     "psnr_db": sum(metrics.psnr(x, y) for x, y in zip(a, b)) / len(idx),
+                     "ssim": sum(metrics.ssim(x, y) for x, y in zip(a, b)) / len(idx)})
+    return rows

@@ -109,6 +109,36 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def group_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], str] | None:
+    """A diffusion UNet's drift per timestep bucket and end to end, one row per artifact (and the
+    ORT fp32 original's end-to-end row): (columns, rows, a note on the sampling run); None when the
+    report has neither."""
+    r = report
+    arts = r["artifacts"]
+    groups = [g["group"] for g in (arts[0].get("per_group") or [])] if arts else []
+    sampling = r["original"].get("sampling")
+    if not groups and not sampling:
+        return None
+    head = ["model", *(f"PSNR {g}" for g in groups)]
+    if sampling:
+        head += ["end-to-end PSNR", "end-to-end SSIM"]
+    rows = []
+    if sampling:
+        ort = r["original"].get("ort_sampling") or {}
+        rows.append(["original (ORT)", *("–" for _ in groups), _fmt(ort.get("psnr_db")), _fmt(ort.get("ssim"), ".4f")])
+    for a in arts:
+        by = {g["group"]: g for g in a.get("per_group") or []}
+        row = [a["name"], *(_fmt(by.get(g, {}).get("psnr_db")) for g in groups)]
+        if sampling:
+            row += [_fmt(a.get("sampling_psnr_db")), _fmt(a.get("sampling_ssim"), ".4f")]
+        rows.append(row)
+    note = ""
+    if sampling:
+        note = (f"End to end: {sampling['steps']}-step {sampling['sampler']} from {sampling['samples']} seeded noise "
+                f"sample(s), the original and each artifact alike; compared: {sampling['compared_on']}.")
+    return head, rows, note
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     r = report
     verdict = "PASSED" if r["passed"] else "FAILED"
@@ -133,6 +163,13 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- `{a['name']}`: {a['speed_note']}.")
     if any(a.get("quality_measured_on") or a.get("speed_note") for a in r["artifacts"]):
         lines.append("")
+    table = group_table(r)
+    if table is not None:
+        head, rows, note = table
+        lines += ["### Drift per timestep bucket and end to end", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", note, ""] if note else [""]
     checks = r["gate"]["checks"]
     if checks:
         lines.append(f"### Gate on `{r['gate']['artifact']}`: {verdict}")

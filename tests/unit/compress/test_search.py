@@ -24,14 +24,9 @@ from imgcompress.recipe import Budget, Quantize, parse_recipe
 BASE: dict[str, Any] = {"calibration": "minmax", "keep_ends_fp32": False, "min_mac_share": 0.0}
 
 
-def _batches(model: Any) -> list[Any]:
-    xs = model.inputs.calibration
-    return [torch.cat(xs[i:i + 8]).numpy() for i in range(0, len(xs), 8)]
-
-
 def _quantizer(model: Any, op_types: list[str] | None = None, **options: Any) -> Quantizer:
     ops = op_types or list(AUTO_OP_TYPES)
-    return Quantizer(model.onnx_path, _batches(model), Quantize(**{**BASE, **options}), ops)
+    return Quantizer(model.onnx_path, model.inputs.calibration, Quantize(**{**BASE, **options}), ops)
 
 
 def _quantized_nodes(qdq: onnx.ModelProto, op_types: tuple[str, ...] | list[str] = AUTO_OP_TYPES) -> list[str]:
