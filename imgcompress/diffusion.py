@@ -2,7 +2,8 @@
 
 A UNet step takes (noisy latent, timestep[, text embedding]). Calibration and evaluation
 inputs are made the way training made them: a clean latent ``x0`` (the encoder's latent of an
-image crop, times the autoencoder's ``scaling_factor``; without ``data.encoder``, N(0,
+image crop, times the autoencoder's ``scaling_factor``; for a pixel-space UNet, 3 channels,
+without ``data.encoder``: image crops in [-1, 1] at the UNet's sample size; otherwise N(0,
 ``latent_sigma``)), a seeded noise ``eps`` and a timestep ``t``, and the input is
 ``sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·eps``. The timesteps are spread evenly over
 ``data.diffusion.buckets`` equal ranges of the schedule, so each range's activations weigh
@@ -47,6 +48,7 @@ class Sampling:
     decoder: torch.nn.Module | None = None
     scaling_factor: float = 1.0
     decoder_name: str = ""
+    pixel_space: bool = False  # the UNet denoises images in [-1, 1] (no decoder)
 
 
 def _scheduler_file(cfg: Diffusion, checkpoint: Path | None, base_dir: Path | None) -> Path | None:
@@ -173,6 +175,15 @@ def make_diffusion_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Pat
         cal_what = f"random {cal_crop}px crops of {len(calib_imgs)} images in {images_dir}"
         ev_what = f"images (center-cropped to at most {eval_side}px) in {eval_dir}"
         decoder, decoder_name = _decoder(enc_path)
+    elif channels == 3:  # a pixel-space UNet (DDPM): the clean inputs are images in [-1, 1]
+        side = _latent_side(spec, spec.default_size)
+        images_dir, calib_files, eval_dir, eval_files = _image_files(cfg, base_dir)
+        crops, calib_imgs, _ = _calibration_crops(calib_files, images_dir, cfg.model_copy(update={"crop": side}), side)
+        x0s = [to_tensor(c) * 2 - 1 for c in crops]
+        ev_x0 = [(f.name, to_tensor(crop_to_multiple(im, side)) * 2 - 1) for f, im in _eval_images(eval_files, side, side)]
+        where = "images in [-1, 1] (a pixel-space UNet),"
+        cal_what = f"random {side}px crops of {len(calib_imgs)} images in {images_dir}"
+        ev_what = f"images (center-cropped to {side}px) in {eval_dir}"
     else:
         cal_side = _latent_side(spec, spec.default_size)
         g_cal = torch.Generator().manual_seed(cfg.seed)
@@ -202,7 +213,8 @@ def make_diffusion_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Pat
     emb = [[torch.randn((1, *e.shape), generator=g_s) for e in spec.extra_inputs if e.kind == "embedding"]
            for _ in range(dcfg.sampling_samples)]
     sampling = Sampling(conf, dcfg.sampling_steps, [cfg.seed + 7 + k for k in range(dcfg.sampling_samples)],
-                        (channels, side, side), [e[0] if e else None for e in emb], decoder, scaling, decoder_name)
+                        (channels, side, side), [e[0] if e else None for e in emb], decoder, scaling, decoder_name,
+                        pixel_space=cfg.encoder is None and channels == 3)
     return Inputs("diffusion", cal, ev, {
         "calibration": f"{len(cal)} noisy latents: {where} {cal_what}, {noise}{text}",
         "evaluation": f"{len(ev)} noisy latents: {where} {ev_what}, {noise}; drift per bucket{text}",

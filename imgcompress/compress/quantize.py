@@ -180,10 +180,15 @@ def auto_fp32_nodes(model: onnx.ModelProto, input_shape: tuple[int, ...] | tuple
     - ``min_share``: nodes with less than this share of the graph's MACs (e.g. channel
       attention on pooled 1×1 maps) gain nothing from int8 and only add error.
     """
-    compute = [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    nodes = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    compute = [n.name for n in nodes]
     keep: dict[str, str] = {}
     if ends and len(compute) > 2:
-        keep[compute[0]] = "first layer"
+        # the first layer on the main input (a UNet's graph computes its timestep MLP first)
+        main_input = model.graph.input[0].name
+        first = next((n.name for n in nodes if main_input in n.input), compute[0]) if len(model.graph.input) > 1 \
+            else compute[0]
+        keep[first] = "first layer"
         keep[compute[-1]] = "last layer"
     macs = node_macs(model, input_shape)
     total = sum(macs.values())

@@ -4,7 +4,8 @@ with a compressed UNet, from the same seeded noise, compared at the end.
 Single-call drift says how far one prediction moves; sampling feeds each prediction back into
 the next step, so errors compound (or wash out) over the schedule. The final latents are
 compared over ±4 (a unit-variance latent's 4σ), or, when the recipe's ``data.encoder`` is a
-diffusers autoencoder folder, the images its decoder makes of them are.
+diffusers autoencoder folder, the images its decoder makes of them are; a pixel-space UNet's
+final images are compared over [-1, 1].
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def ddim(run: Callable[[Batch], torch.Tensor], s: Sampling, k: int) -> torch.Ten
 
 
 def shown(s: Sampling, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float]]:
-    """What is compared (and shown) of final latents: the decoded image, or the latents."""
+    """What is compared (and shown) of final latents: the decoded image, or the latents (a
+    pixel-space UNet's: the image)."""
     if s.decoder is None:
-        return latents, LATENT_RANGE
+        return latents, IMAGE_RANGE if s.pixel_space else LATENT_RANGE
     with torch.no_grad():
         return s.decoder(latents / s.scaling_factor).float(), IMAGE_RANGE
 
@@ -62,7 +64,8 @@ def drift(outs: list[torch.Tensor], refs: list[torch.Tensor]) -> dict[str, float
 
 def describe(s: Sampling) -> dict[str, object]:
     compared = (f"images decoded by {s.decoder_name} (latents / scaling_factor {s.scaling_factor:g})"
-                if s.decoder is not None else "final latents, over ±4")
+                if s.decoder is not None else "final images (pixel space), over [-1, 1]" if s.pixel_space
+                else "final latents, over ±4")
     return {"sampler": "DDIM, eta 0", "steps": s.steps, "samples": len(s.seeds), "seeds": list(s.seeds),
             "latent_shape": list(s.latent_shape), "compared_on": compared,
             "schedule": {k: v for k, v in s.scheduler_config.items() if k != "trained_betas"}}

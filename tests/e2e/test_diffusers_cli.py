@@ -84,7 +84,11 @@ def test_unet_int8_recipe_on_a_unet_folder(diffusers_folders: dict[str, Path], t
     assert sampling["steps"] == 10 and sampling["samples"] == 2 and sampling["compared_on"] == "final latents, over ±4"
     assert r["original"]["ort_sampling"]["psnr_db"] >= 60  # ORT fp32 samples what torch samples
     (q,) = r["artifacts"]
-    assert q["precision"] in ("int8", "int8+fp32") and r["stages"][0]["info"]["ops"]["Conv"]["int8"] > 0
+    info = r["stages"][0]["info"]
+    assert q["precision"] in ("int8", "int8+fp32") and info["ops"]["Conv"]["int8"] > 0
+    # the first layer on the latent stays fp32, not the timestep MLP the graph computes first
+    assert info["kept_fp32_by_default"]["/unet/conv_in/Conv"] == "first layer"
+    assert info["kept_fp32_by_default"]["/unet/conv_out/Conv"] == "last layer"
     assert [g["group"] for g in q["per_group"]] == ["t 0-249", "t 250-499", "t 500-749", "t 750-999"]
     assert all(g["samples"] == 2 and 20 < g["psnr_db"] < 100 for g in q["per_group"])
     assert q["psnr_db"] == pytest.approx(sum(g["psnr_db"] for g in q["per_group"]) / 4)

@@ -104,3 +104,21 @@ def test_an_autoencoder_folder_makes_real_latents_and_decodes_samples(diffusers_
     assert s.decoder is not None and s.scaling_factor == pytest.approx(0.18215) and s.latent_shape == (4, 16, 16)
     with torch.no_grad():
         assert s.decoder(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 64, 64)
+
+
+def test_a_pixel_space_unet_denoises_image_crops(tmp_path: Path) -> None:
+    import diffusers
+
+    from imgcompress.data import bundled_images_dir
+
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                          down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                          norm_num_groups=4).save_pretrained(tmp_path / "ddpm")
+    spec = load_generator(tmp_path / "ddpm").spec
+    inputs = make_inputs(spec, _cfg(calibration_samples=8, diffusion={"buckets": 2}))
+    assert "images in [-1, 1] (a pixel-space UNet), random 16px crops of" in inputs.description["calibration"]
+    assert str(bundled_images_dir()) in inputs.description["calibration"]
+    assert all(x[0].shape == (1, 3, 16, 16) for x in inputs.calibration)
+    assert all(".png@t" in s.name or ".jpg@t" in s.name for s in inputs.evaluation)  # noisy evaluation images
+    assert inputs.sampling.pixel_space and inputs.sampling.decoder is None
