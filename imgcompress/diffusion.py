@@ -104,40 +104,30 @@ def make_scheduler(conf: dict[str, Any]) -> Any:
                         "data.diffusion") from None
 
 
-def bucket_of(t: int, train_timesteps: int, buckets: int) -> int:
-    return min(buckets - 1, t * buckets // train_timesteps)
-
-
-def bucket_label(b: int, train_timesteps: int, buckets: int) -> str:
+def bucket_range(b: int, train_timesteps: int, buckets: int) -> range:
+    """The timesteps of bucket ``b`` of ``buckets`` equal ranges of the schedule (never empty)."""
     lo = -(-b * train_timesteps // buckets)
-    hi = -(-(b + 1) * train_timesteps // buckets) - 1
-    return f"t {lo}-{hi}"
+    return range(lo, max(lo + 1, -(-(b + 1) * train_timesteps // buckets)))
 
 
 class _Noiser:
     """Noisy inputs at timesteps spread over the buckets, from one seeded stream."""
 
-    def __init__(self, spec: GeneratorSpec, cfg: DataConfig, alphas_cumprod: torch.Tensor, seed: int):
-        self.spec, self.cfg = spec, cfg
+    def __init__(self, spec: GeneratorSpec, buckets: int, alphas_cumprod: torch.Tensor, seed: int):
+        self.spec, self.buckets = spec, buckets
         self.abar = alphas_cumprod.double()
-        self.T = len(alphas_cumprod)
-        self.B = cfg.diffusion.buckets
         self.g = torch.Generator().manual_seed(seed)
 
-    def timestep(self, i: int) -> tuple[int, int]:
-        b = i % self.B
-        lo = -(-b * self.T // self.B)
-        hi = max(lo + 1, -(-(b + 1) * self.T // self.B))
-        return int(torch.randint(lo, hi, (1,), generator=self.g)), b
-
-    def __call__(self, x0: torch.Tensor, i: int) -> tuple[Batch, int]:
-        t, b = self.timestep(i)
+    def __call__(self, x0: torch.Tensor, i: int) -> tuple[Batch, str]:
+        """Input ``i``: ``x0`` noised at a random timestep of bucket i mod buckets; and the bucket's label."""
+        ts = bucket_range(i % self.buckets, len(self.abar), self.buckets)
+        t = int(torch.randint(ts.start, ts.stop, (1,), generator=self.g))
         eps = torch.randn(x0.shape, generator=self.g)
         a = float(self.abar[t])
         noisy = (a ** 0.5) * x0 + ((1 - a) ** 0.5) * eps
         parts = [noisy.float(), torch.tensor([float(t)])]
         parts += [torch.randn((1, *e.shape), generator=self.g) for e in self.spec.extra_inputs if e.kind == "embedding"]
-        return pack(parts), b
+        return pack(parts), f"t {ts.start}-{ts.stop - 1}"
 
 
 def _latent_side(spec: GeneratorSpec, side: int) -> int:
@@ -154,8 +144,8 @@ def make_diffusion_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Pat
     conf, sched_source = scheduler_config(dcfg, checkpoint, base_dir)
     sched = make_scheduler(conf)
     T = int(sched.config.num_train_timesteps)
-    noiser = _Noiser(spec, cfg, sched.alphas_cumprod, cfg.seed)
-    eval_noiser = _Noiser(spec, cfg, sched.alphas_cumprod, cfg.seed + EVAL_STREAM)
+    noiser = _Noiser(spec, dcfg.buckets, sched.alphas_cumprod, cfg.seed)
+    eval_noiser = _Noiser(spec, dcfg.buckets, sched.alphas_cumprod, cfg.seed + EVAL_STREAM)
     n_eval = max(cfg.eval_samples, dcfg.buckets)
     channels = spec.latent_shape[0]
     decoder, scaling, decoder_name = None, 1.0, ""
@@ -200,9 +190,8 @@ def make_diffusion_inputs(spec: GeneratorSpec, cfg: DataConfig, *, base_dir: Pat
     ev = []
     for i in range(n_eval):
         name, x0 = ev_x0[i % len(ev_x0)]
-        x, b = eval_noiser(x0, i)
-        t = int(x[1][0])
-        ev.append(Sample(f"{name}@t{t}", x, None, group=bucket_label(b, T, dcfg.buckets)))
+        x, bucket = eval_noiser(x0, i)
+        ev.append(Sample(f"{name}@t{int(x[1][0])}", x, None, group=bucket))
 
     text = ""
     if any(e.kind == "embedding" for e in spec.extra_inputs):

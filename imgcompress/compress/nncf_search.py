@@ -35,7 +35,7 @@ import onnx
 import torch
 
 from ..export import runtime
-from ..models.inputs import cat, feeds, pack, parts, shapes, take
+from ..models.inputs import cat, feeds, shapes, take
 from ..recipe import Quantize
 from ..validate import metrics
 from .base import StageContext
@@ -94,7 +94,7 @@ class _PsnrMetric:
         out: list[float] = []
         for i in range(0, len(idx), BATCH):
             part = idx[i:i + BATCH]
-            y = metrics.normalise(runtime.run(sess, pack([t[part] for t in parts(self.xs)])), self.scorer.rng)
+            y = metrics.normalise(runtime.run(sess, take(self.xs, part)), self.scorer.rng)
             out.extend(metrics.psnr(y[j:j + 1], self.refs[k:k + 1]) for j, k in enumerate(part))
         return out
 
@@ -139,7 +139,7 @@ def nncf_search(quantizer: Any, model: onnx.ModelProto, ctx: StageContext, cfg: 
     names = quantizer.input_names
     calibration = split_feeds(quantizer.batches)
     # validation items are indices into the search inputs (the metric batches them itself)
-    validation = nncf.Dataset(list(range(score.n)), lambda i: feeds(names, take(metric.xs, i, i + 1)))
+    validation = nncf.Dataset(list(range(score.n)), lambda i: feeds(names, take(metric.xs, slice(i, i + 1))))
     kwargs: dict[str, Any] = {"subset_size": len(calibration), "max_drop": max_drop,
                               "drop_type": nncf.DropType.ABSOLUTE}
     if exclude:

@@ -123,11 +123,6 @@ def _fold_constants(m: onnx.ModelProto) -> None:
     m.graph.initializer.extend(folded)
 
 
-def input_shapes(x: Batch) -> tuple[tuple[int, ...], ...]:
-    """The shapes ``node_macs`` takes for an input (each of a multi-input model's parts)."""
-    return shapes(x)
-
-
 def node_macs(model: onnx.ModelProto, input_shape: tuple[int, ...] | tuple[tuple[int, ...], ...]) -> dict[str, int]:
     """MACs of each compute node (Conv, ConvTranspose, Gemm, MatMul) at ``input_shape`` (the
     main input's shape, or a tuple with one shape per graph input).
@@ -319,7 +314,7 @@ def run(generator: Generator, ctx: StageContext, cfg: Quantize, *, out: Path) ->
     src = ctx.onnx_path
     model = onnx.load(str(src))
     exclude = _excluded(model, cfg.exclude)
-    auto = auto_fp32_nodes(model, input_shapes(ctx.inputs.calibration[0]), ends=cfg.keep_ends_fp32,
+    auto = auto_fp32_nodes(model, shapes(ctx.inputs.calibration[0]), ends=cfg.keep_ends_fp32,
                            min_share=cfg.min_mac_share)
     exclude += [n for n in auto if n not in exclude]
     op_types = list(AUTO_OP_TYPES) if cfg.op_types == "auto" else list(cfg.op_types)

@@ -38,9 +38,9 @@ def cat(xs: Sequence[Batch]) -> Batch:
     return pack([torch.cat(list(c)) for c in cols])
 
 
-def take(x: Batch, i: int, j: int) -> Batch:
-    """Samples ``i:j`` of a batch."""
-    return pack([t[i:j] for t in parts(x)])
+def take(x: Batch, index: slice | list[int]) -> Batch:
+    """The samples ``index`` (a slice or a list of positions) of a batch."""
+    return pack([t[index] for t in parts(x)])
 
 
 def shapes(x: Batch) -> tuple[tuple[int, ...], ...]:

@@ -18,7 +18,7 @@ from ..models.spec import Generator
 from ..recipe import ValidateConfig
 from . import cost, sampling, speed
 from .metrics import normalise
-from .quality import by_group, outputs, quality
+from .quality import outputs, quality
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,8 @@ def measure(teacher: Generator, original_onnx: Path, artifacts: list[Artifact], 
             "speedup_vs_torch_fp32": t_torch.median_ms / ta.median_ms if ta else None,
             "psnr_db": q["psnr_db"], "ssim": q["ssim"], "gt_psnr_db": q["gt_psnr_db"], "gt_ssim": q["gt_ssim"],
         }
-        groups = by_group(outs, refs, inputs, a.generator.spec)
-        if groups:
-            row["per_group"] = groups
+        if "per_group" in q:
+            row["per_group"] = q["per_group"]
         if "sampling" in q:
             row["sampling_psnr_db"], row["sampling_ssim"] = q["sampling"]["psnr_db"], q["sampling"]["ssim"]
         if a.quality_path is not None:

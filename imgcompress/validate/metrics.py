@@ -52,6 +52,16 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, border: int = 0) -> float:
     return float(valid.double().mean())
 
 
+def pair_scores(outs: list[torch.Tensor], refs: list[torch.Tensor], *, border: int = 0) -> list[tuple[float, float]]:
+    """(PSNR, SSIM) of each pair of images in [0, 1]."""
+    return [(psnr(a, b, border=border), ssim(a, b, border=border)) for a, b in zip(outs, refs)]
+
+
+def mean_scores(scores: list[tuple[float, float]]) -> dict[str, float]:
+    """``{"psnr_db", "ssim"}``: the means of `pair_scores`."""
+    return {"psnr_db": sum(p for p, _ in scores) / len(scores), "ssim": sum(s for _, s in scores) / len(scores)}
+
+
 def y_channel(x: torch.Tensor) -> torch.Tensor:
     """The BT.601 luma of an RGB image in [0, 1]; single-channel images pass through."""
     return rgb_to_y(x) if x.shape[1] == 3 else x

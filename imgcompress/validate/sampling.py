@@ -57,9 +57,7 @@ def finals(run: Callable[[Batch], torch.Tensor], s: Sampling) -> list[torch.Tens
 
 def drift(outs: list[torch.Tensor], refs: list[torch.Tensor]) -> dict[str, float]:
     """Mean PSNR/SSIM of the compressed run's samples vs the original's."""
-    n = len(outs)
-    return {"psnr_db": sum(metrics.psnr(a, b) for a, b in zip(outs, refs)) / n,
-            "ssim": sum(metrics.ssim(a, b) for a, b in zip(outs, refs)) / n}
+    return metrics.mean_scores(metrics.pair_scores(outs, refs))
 
 
 def describe(s: Sampling) -> dict[str, object]:

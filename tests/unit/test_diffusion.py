@@ -49,12 +49,12 @@ def test_a_noisy_input_mixes_latent_and_noise_as_the_schedule_says() -> None:
 
     spec = GeneratorSpec(task="diffusion", input_kind="latent", latent_shape=(4, 32, 32), spatial_latent=True,
                          extra_inputs=(ExtraInput("timestep", "timestep"),))
-    noiser = _Noiser(spec, _cfg(diffusion={"buckets": 4}), sched.alphas_cumprod, seed=0)
+    noiser = _Noiser(spec, 4, sched.alphas_cumprod, seed=0)
     x0 = torch.ones(1, 4, 32, 32)
     for i in range(8):
         (x, t), b = noiser(x0, i)
         a = float(sched.alphas_cumprod[int(t.item())])
-        assert b == i % 4
+        assert b == ["t 0-249", "t 250-499", "t 500-749", "t 750-999"][i % 4]
         assert abs(float(x.mean()) - a ** 0.5) < 0.1  # sqrt(abar) of the clean latent ...
         assert abs(float(x.std()) - (1 - a) ** 0.5) < 0.1  # ... plus sqrt(1 - abar) of unit noise
 

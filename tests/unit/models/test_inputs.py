@@ -22,8 +22,10 @@ def test_tuples_concatenate_and_slice_part_by_part() -> None:
     both = cat([a, b])
     assert isinstance(both, tuple) and shapes(both) == ((2, 4, 2, 2), (2,))
     assert torch.equal(both[1], torch.tensor([5.0, 7.0]))
-    second = take(both, 1, 2)
+    second = take(both, slice(1, 2))
     assert torch.equal(second[0], b[0]) and torch.equal(second[1], b[1])
+    picked = take(both, [1, 0])
+    assert torch.equal(picked[1], torch.tensor([7.0, 5.0]))
     assert call(lambda x, t: x.sum() + t.sum(), both).item() == 16 + 12
 
 
